@@ -1,0 +1,1 @@
+"""ml_collections config files; pass one with --config=configs/NAME.py."""

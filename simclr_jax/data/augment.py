@@ -1,0 +1,172 @@
+"""The SimCLR augmentations as per-image TensorFlow ops (paper appendix A, official data_util.py).
+
+Every random op is STATELESS and takes an explicit `seed` ([2] int32/int64 tensor), split per op,
+so a view is a pure function of (image, seed): identical eagerly and inside `tf.data.map`, and
+reproducible on resume. Images are float32 in [0, 1]; no mean/std normalisation (as official).
+
+Train: random crop (area in [area_min, 1], aspect in [3/4, 4/3], 100 attempts, min 10% of the image
+covered, fallback to the whole image) + bicubic resize -> flip p=0.5 -> colour distortion (p=0.8:
+brightness, contrast, saturation, hue in random order with a clip after each; then grayscale
+p=0.2) -> Gaussian blur p=0.5 -> clip to [0, 1].
+
+Deviation, on purpose: the official code blurs on device with ONE sigma per batch and view; here
+each image draws its own sigma (same marginal distribution, independent across images).
+"""
+
+import tensorflow as tf
+
+CROP_PROPORTION = 0.875  # Eval centre crop (official).
+IMPLS = ('simclrv1', 'simclrv2')
+
+
+def _split(seed, n):
+  return tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), n))
+
+
+def _uniform(seed, minval=0.0, maxval=1.0):
+  return tf.random.stateless_uniform([], seed, minval=minval, maxval=maxval)
+
+
+def _random_apply(fn, p, image, seed):
+  """fn(image) with probability p (one scalar draw), else image."""
+  return tf.cond(_uniform(seed) < p, lambda: fn(image), lambda: image)
+
+
+def to_float(image):
+  """uint8 [0, 255] or float [0, 1] -> float32 [0, 1]."""
+  return tf.image.convert_image_dtype(image, tf.float32)
+
+
+def resize(image, height, width):
+  """Bicubic (Keys a=-0.5, half-pixel centres, no antialias), as the official TF2 code."""
+  return tf.image.resize(image, [height, width], method='bicubic', antialias=False)
+
+
+def random_crop_with_resize(image, height, width, seed, area_min=0.08):
+  """Inception-style crop: area in [area_min, 1], aspect ratio in [3/4, 4/3] * width/height."""
+  aspect = width / height
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(image), bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+      seed=seed, min_object_covered=0.1, aspect_ratio_range=(3 / 4 * aspect, 4 / 3 * aspect),
+      area_range=(area_min, 1.0), max_attempts=100, use_image_if_no_bounding_boxes=True)
+  image = tf.slice(image, begin, size)
+  return resize(image, height, width)
+
+
+def random_flip(image, seed):
+  return tf.image.stateless_random_flip_left_right(image, seed)
+
+
+def to_grayscale(image):
+  return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])
+
+
+def _brightness(image, delta, impl, seed):
+  if impl == 'simclrv2':  # Multiplicative.
+    return image * _uniform(seed, max(1.0 - delta, 0.0), 1.0 + delta)
+  return image + _uniform(seed, -delta, delta)  # simclrv1: additive.
+
+
+def color_jitter(image, strength, seed, impl='simclrv2'):
+  """Brightness/contrast/saturation (0.8 s) and hue (0.2 s) in a random order, clip after each."""
+  if impl not in IMPLS:
+    raise ValueError(f'config.aug.impl={impl!r}; allowed: {IMPLS}.')
+  b = c = s = 0.8 * strength
+  h = 0.2 * strength
+  order_seed, *op_seeds = _split(seed, 5)
+  ops = []
+  # An op whose factor is 0 is the identity (official behaviour); keep the 4-way order draw anyway.
+  ops.append(lambda x: _brightness(x, b, impl, op_seeds[0]) if b else x)
+  ops.append(lambda x: tf.image.stateless_random_contrast(x, 1 - c, 1 + c, op_seeds[1]) if c else x)
+  ops.append(lambda x: tf.image.stateless_random_saturation(x, max(1 - s, 0.0), 1 + s, op_seeds[2])
+             if s else x)
+  ops.append(lambda x: tf.image.stateless_random_hue(x, min(h, 0.5), op_seeds[3]) if h else x)
+  order = tf.argsort(tf.random.stateless_uniform([4], order_seed))
+  for i in range(4):
+    image = tf.switch_case(order[i], [lambda op=op: op(image) for op in ops])
+    image = tf.clip_by_value(image, 0.0, 1.0)
+  return image
+
+
+def color_distortion(image, strength, seed, impl='simclrv2'):
+  """Colour jitter with p=0.8, then grayscale with p=0.2 (official random_color_jitter)."""
+  s_apply, s_jitter, s_gray = _split(seed, 3)
+  image = _random_apply(lambda x: color_jitter(x, strength, s_jitter, impl), 0.8, image, s_apply)
+  return _random_apply(to_grayscale, 0.2, image, s_gray)
+
+
+def blur_kernel_size(image_size: int) -> int:
+  """Official: image_size // 10, made odd (2 * (k // 2) + 1): 23 taps at 224, 3 at 32."""
+  return 2 * ((image_size // 10) // 2) + 1
+
+
+def gaussian_blur(image, sigma, kernel_size):
+  """Separable Gaussian blur with zero padding ('SAME'), as the official code."""
+  radius = kernel_size // 2
+  x = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+  g = tf.exp(-tf.square(x) / (2.0 * tf.square(tf.cast(sigma, tf.float32))))
+  g = g / tf.reduce_sum(g)
+  channels = tf.shape(image)[-1]
+  kh = tf.tile(tf.reshape(g, [1, kernel_size, 1, 1]), [1, 1, channels, 1])
+  kv = tf.tile(tf.reshape(g, [kernel_size, 1, 1, 1]), [1, 1, channels, 1])
+  out = tf.nn.depthwise_conv2d(image[None], kh, [1, 1, 1, 1], 'SAME')
+  out = tf.nn.depthwise_conv2d(out, kv, [1, 1, 1, 1], 'SAME')
+  return out[0]
+
+
+def random_blur(image, height, seed, p=0.5):
+  s_apply, s_sigma = _split(seed, 2)
+  sigma = _uniform(s_sigma, 0.1, 2.0)
+  return _random_apply(lambda x: gaussian_blur(x, sigma, blur_kernel_size(height)), p, image,
+                       s_apply)
+
+
+def preprocess_for_train(image, height, width, *, seed, color_jitter_strength=1.0, use_blur=True,
+                         crop=True, flip=True, impl='simclrv2', area_min=0.08):
+  """One training view. image: [h, w, 3] uint8 or float; returns float32 [height, width, 3] in [0,1].
+
+  `seed`: [2] integer tensor; the same seed gives the same view.
+  """
+  s_crop, s_flip, s_color, s_blur = _split(seed, 4)
+  image = to_float(image)
+  if crop:
+    image = random_crop_with_resize(image, height, width, s_crop, area_min)
+  else:
+    image = resize(image, height, width)
+  if flip:
+    image = random_flip(image, s_flip)
+  if color_jitter_strength > 0:
+    image = color_distortion(image, color_jitter_strength, s_color, impl)
+  if use_blur:
+    image = random_blur(image, height, s_blur)
+  image = tf.reshape(image, [height, width, 3])
+  return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def center_crop(image, height, width, crop_proportion=CROP_PROPORTION):
+  """Aspect-preserving centre crop of `crop_proportion` (official arithmetic), then resize."""
+  shape = tf.shape(image)
+  h = tf.cast(shape[0], tf.float64)
+  w = tf.cast(shape[1], tf.float64)
+  ratio = width / height
+
+  def crop_size_wide():  # Target wider than the image: width limits.
+    return (tf.math.round(crop_proportion / ratio * w), tf.math.round(crop_proportion * w))
+
+  def crop_size_tall():
+    return (tf.math.round(crop_proportion * h), tf.math.round(crop_proportion * ratio * h))
+
+  ch, cw = tf.cond(ratio > w / h, crop_size_wide, crop_size_tall)
+  ch, cw = tf.cast(ch, tf.int32), tf.cast(cw, tf.int32)
+  oy = (shape[0] - ch + 1) // 2
+  ox = (shape[1] - cw + 1) // 2
+  image = tf.image.crop_to_bounding_box(image, oy, ox, ch, cw)
+  return resize(image, height, width)
+
+
+def preprocess_for_eval(image, height, width, crop=True):
+  """Deterministic eval view: centre crop 0.875 (if `crop`) then bicubic resize; float32 [0, 1]."""
+  image = to_float(image)
+  image = center_crop(image, height, width) if crop else resize(image, height, width)
+  image = tf.reshape(image, [height, width, 3])
+  return tf.clip_by_value(image, 0.0, 1.0)

@@ -1,0 +1,53 @@
+"""Command line: python -m simclr_jax.main --config=configs/default.py --workdir=DIR.
+
+Flags only; the work is `train.train_and_evaluate(config, workdir)`. Override any config field
+with --config.<group>.<field>=value (the config is locked, so a mistyped key fails).
+On multi-host TPU pods every host runs this same command.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Path to an ml_collections config file, e.g. configs/default.py.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard '
+                               'summaries, config.json and results.json (local or gs://).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _hide_accelerators_from_tf() -> None:
+  """TF is only used for tf.data on the host: it must never grab GPU/TPU memory."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  try:
+    tf.config.set_visible_devices([], 'TPU')
+  except (RuntimeError, ValueError):
+    pass
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  _hide_accelerators_from_tf()
+  import jax  # pylint: disable=g-import-not-at-top
+  if os.environ.get('SIMCLR_MULTIHOST') == '1' or 'TPU_WORKER_HOSTNAMES' in os.environ:
+    jax.distributed.initialize()  # Every host of a pod slice runs the same command.
+  from simclr_jax import train  # pylint: disable=g-import-not-at-top
+  from simclr_jax import validation  # pylint: disable=g-import-not-at-top
+  from simclr_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  logging.info('JAX devices: %s', jax.devices())
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (validation.ConfigError, input_pipeline.DataNotReadyError, PermissionError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)

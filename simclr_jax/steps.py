@@ -1,0 +1,82 @@
+"""Pure per-batch functions, jitted by the train loop: the pretraining step and feature extraction.
+
+Batches arrive as global jax.Arrays sharded over 'data': views uint8 [B, 2, H, W, 3]. The two
+views of an example are reshaped into adjacent rows (2B images), so each device keeps its own
+examples (no resharding) and BN statistics cover both views of the whole global batch.
+"""
+
+from typing import Any, Callable, Optional
+
+import flax
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from simclr_jax import losses
+from simclr_jax import optim
+
+
+class TrainState(train_state.TrainState):
+  """Everything needed to resume: step, params, BN statistics, optimiser state."""
+  batch_stats: Any = None
+
+
+def to_float_images(x: jax.Array) -> jax.Array:
+  """uint8 [0, 255] -> float32 [0, 1]; floats pass through."""
+  return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+
+
+def global_norm(tree) -> jax.Array:
+  return optax.global_norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *,
+               config: ml_collections.ConfigDict, lr_fn: Callable[[Any], jax.Array],
+               mesh: Optional[jax.sharding.Mesh] = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SimCLR update. Returns the new state and float32 scalar metrics (global means)."""
+  views = batch['views']
+  b = views.shape[0]
+  images = to_float_images(views.reshape((2 * b,) + views.shape[2:]))  # rows 2i, 2i+1: example i.
+
+  def loss_fn(params):
+    outputs, new_vars = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
+        mutable=['batch_stats'])
+    z = outputs['projection'].reshape(b, 2, -1)
+    con_loss, metrics = losses.nt_xent(z[:, 0], z[:, 1], config.loss.temperature,
+                                       config.loss.hidden_norm, mesh=mesh)
+    total = con_loss
+    metrics = dict(metrics, contrast_loss=con_loss)
+    if 'sup_logits' in outputs:
+      labels = jnp.repeat(batch['label'], 2)  # Both views are classified.
+      sup = losses.supervised_loss(outputs['sup_logits'], labels)
+      l2 = optim.supervised_head_l2(params, config.optim.weight_decay)
+      total = total + sup + l2
+      metrics.update(
+          supervised_loss=sup, weight_decay=l2,
+          supervised_acc=jnp.mean((jnp.argmax(outputs['sup_logits'], -1) == labels)
+                                  .astype(jnp.float32)))
+    metrics['total_loss'] = total
+    return total, (metrics, new_vars['batch_stats'])
+
+  grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  metrics.update(learning_rate=lr_fn(state.step), grad_norm=global_norm(grads),
+                 param_norm=global_norm(new_state.params))
+  return new_state, metrics
+
+
+def embed_step(variables: dict[str, Any], images: jax.Array, *, apply_fn: Callable,
+               output: str = 'features') -> jax.Array:
+  """Frozen forward pass (BN in inference mode): images [B,H,W,3] -> outputs[output] float32."""
+  return apply_fn(variables, to_float_images(images), train=False)[output]
+
+
+def create_train_state(rng: jax.Array, model: flax.linen.Module, tx: optax.GradientTransformation,
+                       image_shape: tuple[int, int, int]) -> TrainState:
+  """Initialise params (float32) and BN statistics; pure, so it can be jitted with shardings."""
+  variables = model.init(rng, jnp.zeros((2,) + tuple(image_shape), jnp.float32), train=False)
+  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                           batch_stats=variables.get('batch_stats', {}))

@@ -1,0 +1,64 @@
+"""Config checks that run before any data loading or compilation.
+
+Each failure names the key, the value and what is allowed, so a bad override costs seconds, not a
+compiled pod job. Checks that need the devices (batch divisibility) take the device count.
+"""
+
+import ml_collections
+
+from simclr_jax import optim
+from simclr_jax.models import heads
+from simclr_jax.models import resnet
+from simclr_jax.data import augment
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message says which key and what is allowed."""
+
+
+def _check(ok: bool, key: str, value, allowed: str) -> None:
+  if not ok:
+    raise ConfigError(f'config.{key}={value!r} is invalid; allowed: {allowed}.')
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
+  """Raises ConfigError on the first invalid field."""
+  m, o, t, d, a, l, e = (config.model, config.optim, config.train, config.data, config.aug,
+                         config.loss, config.eval)
+  _check(m.resnet_depth in resnet.BLOCKS_PER_GROUP, 'model.resnet_depth', m.resnet_depth,
+         str(sorted(resnet.BLOCKS_PER_GROUP)))
+  _check(m.width_multiplier > 0 and int(64 * m.width_multiplier) >= 1, 'model.width_multiplier',
+         m.width_multiplier, 'a positive number with 64 * width >= 1 (paper: 1, 2, 3, 4)')
+  _check(0 <= m.sk_ratio < 1, 'model.sk_ratio', m.sk_ratio, '0 (off) or in (0, 1); paper 0.0625')
+  _check(m.proj_head_mode in heads.PROJ_HEAD_MODES, 'model.proj_head_mode', m.proj_head_mode,
+         str(heads.PROJ_HEAD_MODES))
+  _check(m.num_proj_layers >= 1, 'model.num_proj_layers', m.num_proj_layers, 'an integer >= 1')
+  _check(m.proj_out_dim >= 1, 'model.proj_out_dim', m.proj_out_dim, 'an integer >= 1')
+  num_hiddens = {'none': 1, 'linear': 2, 'nonlinear': m.num_proj_layers + 1}[m.proj_head_mode]
+  _check(-num_hiddens <= m.ft_proj_selector < num_hiddens, 'model.ft_proj_selector',
+         m.ft_proj_selector, f'an index into the {num_hiddens} head outputs '
+         f'({-num_hiddens}..{num_hiddens - 1}; 0 = encoder output)')
+  _check(m.dtype in ('float32', 'bfloat16'), 'model.dtype', m.dtype, "'float32' or 'bfloat16'")
+  _check(0 <= m.batch_norm_decay < 1, 'model.batch_norm_decay', m.batch_norm_decay, '[0, 1)')
+  _check(l.temperature > 0, 'loss.temperature', l.temperature, 'a positive number (paper 0.1-0.5)')
+  _check(o.optimizer in optim.OPTIMIZERS, 'optim.optimizer', o.optimizer, str(optim.OPTIMIZERS))
+  _check(o.learning_rate_scaling in optim.LR_SCALINGS, 'optim.learning_rate_scaling',
+         o.learning_rate_scaling, str(optim.LR_SCALINGS))
+  _check(o.learning_rate >= 0, 'optim.learning_rate', o.learning_rate, 'a number >= 0')
+  _check(o.warmup_epochs >= 0, 'optim.warmup_epochs', o.warmup_epochs, 'a number >= 0')
+  _check(o.weight_decay >= 0, 'optim.weight_decay', o.weight_decay, 'a number >= 0')
+  _check(t.epochs > 0 or t.steps > 0, 'train.epochs', t.epochs,
+         'a positive number of epochs, or train.steps > 0')
+  _check(t.steps >= 0, 'train.steps', t.steps, '0 (use epochs) or a positive step count')
+  _check(t.checkpoint_every_steps > 0, 'train.checkpoint_every_steps', t.checkpoint_every_steps,
+         'a positive number of steps')
+  _check(t.keep_checkpoints >= 1, 'train.keep_checkpoints', t.keep_checkpoints, 'an integer >= 1')
+  _check(d.image_size >= 8, 'data.image_size', d.image_size, 'an integer >= 8 (paper 224; CIFAR 32)')
+  _check(0 < a.crop_area_min <= 1, 'aug.crop_area_min', a.crop_area_min, '(0, 1]; paper 0.08')
+  _check(0 <= a.color_jitter_strength <= 1.25, 'aug.color_jitter_strength',
+         a.color_jitter_strength, '[0, 1.25] (saturation factor 1 - 0.8 s must stay >= 0)')
+  _check(a.impl in augment.IMPLS, 'aug.impl', a.impl, str(augment.IMPLS))
+  for key, value in (('train.batch_size', t.batch_size), ('eval.batch_size', e.batch_size)):
+    _check(value > 0 and value % num_devices == 0 and value % process_count == 0, key, value,
+           f'a positive multiple of the {num_devices} devices and {process_count} process(es), '
+           f'e.g. {[k * num_devices for k in (1, 2, 4, 8)]}')
