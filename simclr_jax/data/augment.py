@@ -77,7 +77,10 @@ def color_jitter(image, strength, seed, impl='simclrv2'):
   ops = []
   # An op whose factor is 0 is the identity (official behaviour); keep the 4-way order draw anyway.
   ops.append(lambda x: _brightness(x, b, impl, op_seeds[0]) if b else x)
-  ops.append(lambda x: tf.image.stateless_random_contrast(x, 1 - c, 1 + c, op_seeds[1]) if c else x)
+  # Factors are clamped at 0 (the official code clamps brightness only, so its contrast op raises
+  # 'lower must be non-negative' for strength > 1.25; saturation is clamped likewise here).
+  ops.append(lambda x: tf.image.stateless_random_contrast(x, max(1 - c, 0.0), 1 + c, op_seeds[1])
+             if c else x)
   ops.append(lambda x: tf.image.stateless_random_saturation(x, max(1 - s, 0.0), 1 + s, op_seeds[2])
              if s else x)
   ops.append(lambda x: tf.image.stateless_random_hue(x, min(h, 0.5), op_seeds[3]) if h else x)
