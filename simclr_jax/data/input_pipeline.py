@@ -68,6 +68,10 @@ def get_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   """Sizes and class count, checked before any compilation. Raises with what to do if missing."""
   d = config.data
   if d.dataset == embedded.NAME:
+    for key in ('train_split', 'eval_split'):
+      if d[key] not in embedded.SPLITS:
+        raise ValueError(f'config.data.{key}={d[key]!r} is not a split of {d.dataset}; allowed: '
+                         f'{sorted(embedded.SPLITS)}.')
     sizes = {s: len(embedded.load(s)[1]) for s in (d.train_split, d.eval_split)}
     return DatasetInfo(d.dataset, sizes[d.train_split], sizes[d.eval_split], embedded.NUM_CLASSES)
   builder = _tfds_builder(config)
@@ -89,17 +93,23 @@ def shard_bounds(n: int, process_index: int, process_count: int) -> tuple[int, i
   return n * process_index // process_count, n * (process_index + 1) // process_count
 
 
-def _source(config, split, process_index, process_count) -> tuple[tf.data.Dataset, int]:
-  """This process's share of `split` as {'image': uint8 [h,w,3], 'label': int32}, and its size."""
+def source(config: ml_collections.ConfigDict, split: str, process_index: int = 0,
+           process_count: int = 1) -> tuple[tf.data.Dataset, int, int]:
+  """This process's share of `split` as {'image': uint8 [h,w,3], 'label': int32}, in the split's
+  stored order (no shuffling), with the share's size and the whole split's size."""
   d = config.data
   if d.dataset == embedded.NAME:
     images, labels = embedded.load(split)
     lo, hi = shard_bounds(len(labels), process_index, process_count)
     ds = tf.data.Dataset.from_tensor_slices({'image': images[lo:hi], 'label': labels[lo:hi]})
-    return ds, hi - lo
+    return ds, hi - lo, len(labels)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = _tfds_builder(config)
-  n = builder.info.splits[split].num_examples
+  splits = builder.info.splits
+  if split not in splits:
+    raise ValueError(f'split {split!r} (config.data.train_split / eval_split) is not a split of '
+                     f'{d.dataset}; allowed: {sorted(splits.keys())}.')
+  n = splits[split].num_examples
   lo, hi = shard_bounds(n, process_index, process_count)
   ds = builder.as_dataset(split=f'{split}[{lo}:{hi}]', shuffle_files=False,
                           decoders={'image': tfds.decode.SkipDecoding()})
@@ -109,7 +119,39 @@ def _source(config, split, process_index, process_count) -> tuple[tf.data.Datase
     return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
 
   ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-  return ds, hi - lo
+  return ds, hi - lo, n
+
+
+def make_views_fn(config: ml_collections.ConfigDict, process_index: int = 0,
+                  dtype: tf.DType = tf.uint8):
+  """fn(t, image) -> [2, S, S, 3] views of stream element t (the training augmentation).
+
+  Element t of process p always gets the seeds (config.seed, p, t), so the views are a pure
+  function of the image and its position in the stream. `dtype` uint8 (what the pipeline ships:
+  round(x * 255)) or float32 (the augmentation's own [0, 1] output; for the benchmark).
+  """
+  a, size, seed = config.aug, config.data.image_size, config.seed
+  kw = dict(color_jitter_strength=a.color_jitter_strength, use_blur=a.use_blur, crop=a.crop,
+            flip=a.flip, impl=a.impl, area_min=a.crop_area_min)
+
+  def views_fn(t, image):
+    base = tf.stack([tf.constant(seed * _AUG_SALT + process_index, tf.int64),
+                     tf.cast(t, tf.int64)])
+    s1, s2 = tf.unstack(tf.random.experimental.stateless_split(base, 2))
+    views = tf.stack([augment.preprocess_for_train(image, size, size, seed=s, **kw)
+                      for s in (s1, s2)])
+    if dtype == tf.uint8:
+      return tf.cast(tf.round(views * 255.0), tf.uint8)
+    return tf.cast(views, dtype)
+
+  return views_fn
+
+
+def eval_image(config: ml_collections.ConfigDict, image: tf.Tensor) -> tf.Tensor:
+  """The eval view as uint8 [S, S, 3]: centre crop 0.875 + resize; no crop at <= 32 px (official)."""
+  size = config.data.image_size
+  image = augment.preprocess_for_eval(image, size, size, crop=size > 32)
+  return tf.cast(tf.round(image * 255.0), tf.uint8)
 
 
 def per_process_batch(global_batch: int, process_count: int) -> int:
@@ -121,39 +163,55 @@ def per_process_batch(global_batch: int, process_count: int) -> int:
 def train_dataset(config: ml_collections.ConfigDict, *, process_index: int, process_count: int,
                   start_step: int = 0) -> tf.data.Dataset:
   """Infinite stream of host-local batches {'views': uint8 [b,2,H,W,3], 'label': int32 [b]}."""
-  d, a = config.data, config.aug
+  d = config.data
   b = per_process_batch(config.train.batch_size, process_count)
-  source, n = _source(config, d.train_split, process_index, process_count)
+  src, n, _ = source(config, d.train_split, process_index, process_count)
   if n < b:
     raise ValueError(f'config.train.batch_size={config.train.batch_size}: each of the '
                      f'{process_count} process(es) needs {b} examples per batch but holds {n}.')
   if d.cache:
-    source = source.cache()
+    src = src.cache()
   first = start_step * b
   first_epoch = first // n
   seed = config.seed
 
   def epoch(e):
-    return source.shuffle(min(d.shuffle_buffer, n), seed=seed * _SHUFFLE_SALT + e * 7919
-                          + process_index, reshuffle_each_iteration=False)
+    return _stateless_shuffle(src, min(d.shuffle_buffer, n),
+                              [seed * _SHUFFLE_SALT + process_index, e])
 
   ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
   ds = ds.skip(first - first_epoch * n)
   ds = ds.enumerate(start=first)
-  size = d.image_size
+  views_fn = make_views_fn(config, process_index)
 
   def two_views(t, ex):
-    base = tf.stack([tf.constant(seed * _AUG_SALT + process_index, tf.int64), t])
-    s1, s2 = tf.unstack(tf.random.experimental.stateless_split(base, 2))
-    kw = dict(color_jitter_strength=a.color_jitter_strength, use_blur=a.use_blur, crop=a.crop,
-              flip=a.flip, impl=a.impl, area_min=a.crop_area_min)
-    views = [augment.preprocess_for_train(ex['image'], size, size, seed=s, **kw) for s in (s1, s2)]
-    views = tf.cast(tf.round(tf.stack(views) * 255.0), tf.uint8)
-    return {'views': views, 'label': ex['label']}
+    return {'views': views_fn(t, ex['image']), 'label': ex['label']}
 
   ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(b, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _stateless_shuffle(ds: tf.data.Dataset, block: int, seed) -> tf.data.Dataset:
+  """Shuffles consecutive blocks of `block` examples with stateless random permutations.
+
+  A block that holds the whole share (every data set whose share fits in config.data.shuffle_buffer)
+  gives a uniform permutation. Unlike Dataset.shuffle(seed=...), whose seed pair also takes TF's
+  global seed (so a tf.random.set_seed() anywhere in the process changed the order and broke
+  resume), the order is a function of `seed` alone. Images of varying sizes travel as ragged rows.
+  """
+  seed = tf.cast(tf.stack(seed), tf.int64)
+
+  def permute(j, blk):
+    m = tf.shape(blk['label'])[0]
+    key = tf.random.stateless_uniform([m], seed=tf.stack([seed[0], seed[1] * 2**20 + j]))
+    perm = tf.argsort(key)
+    return tf.nest.map_structure(lambda x: tf.gather(x, perm), blk)
+
+  def dense(ex):
+    return {k: v.to_tensor() if isinstance(v, tf.RaggedTensor) else v for k, v in ex.items()}
+
+  return ds.ragged_batch(block).enumerate().map(permute).unbatch().map(dense)
 
 
 def eval_batches(config: ml_collections.ConfigDict, split: str, *, global_batch: int,
@@ -165,19 +223,17 @@ def eval_batches(config: ml_collections.ConfigDict, split: str, *, global_batch:
   step needs every process to contribute. `num_examples` is the whole split's size.
   """
   b = per_process_batch(global_batch, process_count)
-  source, n = _source(config, split, process_index, process_count)
+  src, _, total = source(config, split, process_index, process_count)
   if num_examples is None:
-    num_examples = n * process_count  # Embedded: exact enough for the batch count below.
+    num_examples = total  # (Shares differ by one: every process must use the split's size.)
   max_share = -(-num_examples // process_count)
   num_batches = -(-max_share // b)
   size = config.data.image_size
-  crop = size > 32  # Official: no eval crop for CIFAR-sized images.
 
   def prep(ex):
-    image = augment.preprocess_for_eval(ex['image'], size, size, crop=crop)
-    return {'image': tf.cast(tf.round(image * 255.0), tf.uint8), 'label': ex['label']}
+    return {'image': eval_image(config, ex['image']), 'label': ex['label']}
 
-  ds = source.map(prep, num_parallel_calls=tf.data.AUTOTUNE).batch(b).prefetch(2)
+  ds = src.map(prep, num_parallel_calls=tf.data.AUTOTUNE).batch(b).prefetch(2)
   it = ds.as_numpy_iterator()
   for _ in range(num_batches):
     batch = next(it, None)
