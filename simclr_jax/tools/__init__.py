@@ -1,0 +1,1 @@
+"""Command-line helpers (run with python -m simclr_jax.tools.<name>)."""
