@@ -85,7 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- eval: what runs after pretraining ----
   config.eval = ml_collections.ConfigDict()
-  config.eval.batch_size = 500  # Global batch for feature extraction (padded and masked at the end).
+  config.eval.batch_size = 512  # Global batch for feature extraction (padded and masked at the end).
   config.eval.probe_steps = 500  # Full-batch optimisation steps of the final linear probe.
   config.eval.probe_learning_rate = 0.01  # Adam learning rate of the final linear probe.
   config.eval.probe_weight_decay = 1e-4  # L2 penalty of the final linear probe (on standardised features).

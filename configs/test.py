@@ -16,6 +16,6 @@ def get_config():
   config.train.steps = 6
   config.train.log_every_seconds = 0.0
   config.train.checkpoint_every_steps = 3
-  config.eval.batch_size = 200
+  config.eval.batch_size = 1008  # Not a divisor of 1000 or 4000: the last batch is padded.
   config.eval.probe_steps = 50
   return config

@@ -39,11 +39,12 @@ def extract(config: ml_collections.ConfigDict, split: str, num_examples: int,
   return np.concatenate(feats), np.concatenate(labels)
 
 
-def make_embed_fn(apply_fn: Callable, variables: dict[str, Any], mesh: jax.sharding.Mesh,
-                  output: str = 'features') -> Callable[[jax.Array], jax.Array]:
-  fn = jax.jit(functools.partial(steps.embed_step, apply_fn=apply_fn, output=output),
-               out_shardings=sharding.batch_sharded(mesh))
-  return lambda images: fn(variables, images)
+def make_embed_fn(apply_fn: Callable, mesh: jax.sharding.Mesh, output: str = 'features'
+                  ) -> Callable[[dict[str, Any], jax.Array], jax.Array]:
+  """jit(variables, images) -> outputs[output], batch-sharded; compiled once, reused for any
+  variables of the same structure (trained and random-init encoders share it)."""
+  return jax.jit(functools.partial(steps.embed_step, apply_fn=apply_fn, output=output),
+                 out_shardings=sharding.batch_sharded(mesh))
 
 
 def pixels(config: ml_collections.ConfigDict, split: str, num_examples: int,

@@ -8,10 +8,12 @@ On multi-host TPU pods every host runs this same command.
 import os
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before TF is imported anywhere.
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to an ml_collections config file, e.g. configs/default.py.',
@@ -34,6 +36,8 @@ def _hide_accelerators_from_tf() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax/TF INFO chatter would bury the progress lines.
   _hide_accelerators_from_tf()
   import jax  # pylint: disable=g-import-not-at-top
   if os.environ.get('SIMCLR_MULTIHOST') == '1' or 'TPU_WORKER_HOSTNAMES' in os.environ:
