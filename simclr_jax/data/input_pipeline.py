@@ -7,7 +7,10 @@ from JAX), reads a disjoint 1/P share of the split and yields host-local batches
 Determinism: the training stream is a pure function of (config.seed, process_index). Epoch e of a
 process is its share shuffled with seed (seed, e); element t of the stream (counted from step 0)
 gets augmentation seed (seed, t). Resuming at step k rebuilds the stream at element k * b, so the
-resumed run sees exactly the views the uninterrupted run would have seen.
+resumed run sees exactly the views the uninterrupted run would have seen. Shuffling is stateless
+(permutations of blocks of config.data.shuffle_buffer examples; one block = a full permutation
+when the share fits), so TF's global seed does not enter. TFDS files are read in their stored
+order (shuffle_files=False), so shares larger than the buffer are only shuffled within blocks.
 
 Images cross to the device as uint8 (4x fewer bytes than float32); the step divides by 255.
 """
