@@ -1,0 +1,40 @@
+"""ImageNet pretraining, the paper's default recipe: ResNet-50 1x, B=4096, 100 epochs, tau 0.1,
+LARS 0.3 x B/256 (= 0.075 x sqrt(B) = 4.8), wd 1e-6, 10 warmup epochs, 2-layer head, s=1.0, blur.
+
+ImageNet cannot be downloaded automatically: put ILSVRC2012_img_train.tar and
+ILSVRC2012_img_val.tar in $DATA/downloads/manual/, then `tfds build imagenet2012 --data_dir=$DATA`.
+Platform configs (tpu_v3_32.py, tpu_v3_128.py) import this one.
+
+Expected (paper, Table 6 / Fig. 9): 64.5% linear-eval top-1 after 100 epochs; 69.3% after 1000.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.name = 'imagenet_r50'
+  config.data.dataset = 'imagenet2012'
+  config.data.eval_split = 'validation'
+  config.data.image_size = 224
+  config.data.cache = False
+  config.aug.crop_area_min = 0.08
+  config.aug.flip = True
+  config.aug.color_jitter_strength = 1.0
+  config.aug.use_blur = True
+  config.model.resnet_depth = 50
+  config.model.width_multiplier = 1.0
+  config.model.num_proj_layers = 2  # v1 paper.
+  config.model.dtype = 'bfloat16'
+  config.loss.temperature = 0.1
+  config.optim.learning_rate = 0.3
+  config.optim.learning_rate_scaling = 'linear'
+  config.optim.warmup_epochs = 10.0
+  config.optim.weight_decay = 1e-6
+  config.train.batch_size = 4096
+  config.train.epochs = 100
+  config.train.checkpoint_every_steps = 2500
+  config.train.log_every_seconds = 60.0
+  config.eval.batch_size = 4096
+  config.eval.baselines = False
+  return config
