@@ -1,0 +1,70 @@
+"""knn: the weighted kNN monitor against a float64 NumPy reference and hand-made cases."""
+
+import numpy as np
+import pytest
+
+from simclr_jax import knn
+
+
+def _reference_scores(bank, bank_labels, queries, num_classes, k, temperature):
+  """Straight from the definition, float64: score_c = sum over the k most cosine-similar bank
+  entries with label c of exp(sim / T)."""
+  bank = np.asarray(bank, np.float64)
+  queries = np.asarray(queries, np.float64)
+  bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+  queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+  scores = np.zeros((len(queries), num_classes))
+  for i, q in enumerate(queries):
+    sim = bank @ q
+    for j in np.argsort(-sim)[:k]:
+      scores[i, bank_labels[j]] += np.exp(sim[j] / temperature)
+  return scores
+
+
+@pytest.mark.parametrize('k,temperature,chunk', [(200, 0.1, 64), (5, 0.5, 1000), (1, 0.1, 7)])
+def test_scores_and_accuracy_match_numpy_reference(k, temperature, chunk):
+  rng = np.random.default_rng(0)
+  num_classes = 7
+  # Features with some class structure, unnormalised (knn must normalise them itself).
+  centres = rng.normal(size=(num_classes, 16))
+  ytr = rng.integers(0, num_classes, 500)
+  yte = rng.integers(0, num_classes, 301)  # Not a multiple of the chunk: last chunk is padded.
+  xtr = (centres[ytr] + 1.5 * rng.normal(size=(500, 16))) * rng.uniform(0.5, 3, (500, 1))
+  xte = (centres[yte] + 1.5 * rng.normal(size=(301, 16))) * rng.uniform(0.5, 3, (301, 1))
+  ref = _reference_scores(xtr, ytr, xte, num_classes, k, temperature)
+  got = knn.knn_scores(xtr, ytr, xte, num_classes, k=k, temperature=temperature, chunk_size=chunk)
+  assert got.shape == (301, num_classes)
+  np.testing.assert_allclose(got, ref, rtol=2e-4, atol=1e-30)
+  res = knn.knn_classify((xtr, ytr), (xte, yte), num_classes, k=k, temperature=temperature,
+                         chunk_size=chunk)
+  ranked = np.argsort(-ref, axis=1, kind='stable')  # Ties (zero votes): lowest class first.
+  assert res['top1'] == pytest.approx(np.mean(ranked[:, 0] == yte))
+  assert res['top5'] == pytest.approx(np.mean(np.any(ranked[:, :5] == yte[:, None], axis=1)))
+  assert res['num_eval'] == 301 and res['k'] == k
+  assert 0.3 < res['top1'] <= res['top5']  # Clearly above chance (1/7): the structure is found.
+
+
+def test_two_clusters_are_separated_perfectly():
+  # Two tight clusters around orthogonal directions; queries near each centre.
+  rng = np.random.default_rng(1)
+  a, b = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+  bank = np.concatenate([a + 0.05 * rng.normal(size=(30, 3)), b + 0.05 * rng.normal(size=(20, 3))])
+  labels = np.array([0] * 30 + [1] * 20)
+  queries = np.array([[2.0, 0.1, 0.0], [0.1, 3.0, 0.0], [0.9, 0.0, 0.1]])
+  res = knn.knn_classify((bank, labels), (queries, np.array([0, 1, 0])), 2, k=200)
+  assert res['top1'] == 1.0 and res['k'] == 50  # k clipped to the bank size.
+  assert res['top5'] == 1.0
+
+
+def test_votes_are_weighted_by_exp_similarity_not_counted():
+  # One near neighbour of class 0 (sim 1) against two farther ones of class 1 (sim 0.5 each):
+  # a majority vote says 1, exp(sim/T) at T=0.1 says 0 (e^10 > 2 e^5); at T=10 the count wins.
+  bank = np.array([[1.0, 0.0], [0.5, np.sqrt(0.75)], [0.5, -np.sqrt(0.75)], [-1.0, 0.0]])
+  labels = np.array([0, 1, 1, 0])
+  query = np.array([[1.0, 0.0]])
+  s = knn.knn_scores(bank, labels, query, 2, k=3, temperature=0.1)
+  np.testing.assert_allclose(s[0], [np.exp(10.0), 2 * np.exp(5.0)], rtol=1e-5)
+  assert knn.knn_classify((bank, labels), (query, np.array([0])), 2, k=3,
+                          temperature=0.1)['top1'] == 1.0
+  assert knn.knn_classify((bank, labels), (query, np.array([1])), 2, k=3,
+                          temperature=10.0)['top1'] == 1.0
