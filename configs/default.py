@@ -82,6 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every_seconds = 5.0  # Wall-clock seconds between progress lines.
   config.train.checkpoint_every_steps = 500  # Checkpoint cadence in steps (the last step is always saved).
   config.train.keep_checkpoints = 2  # How many recent checkpoints Orbax keeps.
+  config.train.eval_every_epochs = 0  # Online-probe + kNN eval cadence in epochs (0 = only at the end).
 
   # ---- eval: what runs after pretraining ----
   config.eval = ml_collections.ConfigDict()
@@ -90,6 +91,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.probe_learning_rate = 0.01  # Adam learning rate of the final linear probe.
   config.eval.probe_weight_decay = 1e-4  # L2 penalty of the final linear probe (on standardised features).
   config.eval.baselines = True  # Also probe a random-init encoder and raw pixels.
+  config.eval.knn_k = 200  # Neighbours of the kNN monitor (Wu et al. 2018: 200).
+  config.eval.knn_temperature = 0.1  # kNN vote weight exp(cos_sim / T) (Wu et al. 2018: 0.1).
+  config.eval.knn_chunk_size = 1024  # Queries per kNN chunk (bounds memory at chunk x train-split size).
+  config.eval.embedding_plot_points = 1000  # Eval-split points in workdir/embeddings.png (0 = no plot).
 
   config.lock()
   return config
