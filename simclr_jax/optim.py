@@ -9,7 +9,9 @@ where the first update uses step 0 (so its learning rate is 0).
 
 LARS follows the official masks: BN parameters, biases and the supervised head get NEITHER weight
 decay NOR trust-ratio adaptation; the supervised head's kernel gets an explicit L2 loss instead
-(`supervised_head_l2`), as `add_weight_decay` does for LARS in the official code.
+(`supervised_head_l2`), as `add_weight_decay` does for LARS in the official code. For 'momentum'
+and 'adam', the official code puts all weight decay into the loss, on every non-BN weight (biases
+and the supervised head included): `weight_decay_loss` does the same, and the optimisers are plain.
 """
 
 import math
@@ -89,13 +91,34 @@ def supervised_head_l2(params, weight_decay: float) -> jax.Array:
   return weight_decay * total
 
 
+def is_batch_norm(path) -> bool:
+  """BN scale/bias live under a module named 'bn' (models.resnet.BatchNormRelu)."""
+  names = _path_names(path)
+  return len(names) >= 2 and names[-2] == 'bn'
+
+
+def weight_decay_loss(params, optimizer: str, weight_decay: float) -> jax.Array:
+  """The L2 term the official `add_weight_decay` adds to the loss (sum(w^2)/2 convention).
+
+  'lars': the supervised head's kernel only (LARS decays the rest itself); 'momentum'/'adam':
+  every parameter except BatchNorm's.
+  """
+  if optimizer == 'lars':
+    return supervised_head_l2(params, weight_decay)
+  total = jnp.zeros((), jnp.float32)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    if not is_batch_norm(path):
+      total = total + 0.5 * jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+  return weight_decay * total
+
+
 def create_optimizer(config: ml_collections.ConfigDict,
                      num_examples: int) -> optax.GradientTransformation:
   """The optimiser named by config.optim.optimizer, driven by `create_learning_rate_fn`.
 
   'lars': optax.lars with the official masks (decoupled decay inside LARS, classic momentum).
-  'momentum': Nesterov SGD, decoupled weight decay on adapted kernels (linear eval / fine-tuning).
-  'adam': AdamW, decay on adapted kernels.
+  'momentum': Nesterov SGD (linear eval / fine-tuning); 'adam': Adam. For these two the weight
+  decay is NOT in the optimiser: add `weight_decay_loss` to the loss, as the official code does.
   """
   o = config.optim
   lr = create_learning_rate_fn(config, num_examples)
@@ -104,8 +127,7 @@ def create_optimizer(config: ml_collections.ConfigDict,
                       trust_coefficient=o.trust_coefficient, eps=0.0,
                       trust_ratio_mask=adaptation_mask, momentum=o.momentum, nesterov=False)
   if o.optimizer == 'momentum':
-    return optax.chain(optax.add_decayed_weights(o.weight_decay, adaptation_mask),
-                       optax.sgd(lr, momentum=o.momentum, nesterov=True))
+    return optax.sgd(lr, momentum=o.momentum, nesterov=True)
   if o.optimizer == 'adam':
-    return optax.adamw(lr, weight_decay=o.weight_decay, mask=adaptation_mask)
+    return optax.adam(lr)
   raise ValueError(f'config.optim.optimizer={o.optimizer!r}; allowed: {OPTIMIZERS}.')

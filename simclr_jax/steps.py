@@ -47,15 +47,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
     z = outputs['projection'].reshape(b, 2, -1)
     con_loss, metrics = losses.nt_xent(z[:, 0], z[:, 1], config.loss.temperature,
                                        config.loss.hidden_norm, mesh=mesh)
-    total = con_loss
-    metrics = dict(metrics, contrast_loss=con_loss)
+    l2 = optim.weight_decay_loss(params, config.optim.optimizer, config.optim.weight_decay)
+    total = con_loss + l2
+    metrics = dict(metrics, contrast_loss=con_loss, weight_decay=l2)
     if 'sup_logits' in outputs:
       labels = jnp.repeat(batch['label'], 2)  # Both views are classified.
       sup = losses.supervised_loss(outputs['sup_logits'], labels)
-      l2 = optim.supervised_head_l2(params, config.optim.weight_decay)
-      total = total + sup + l2
+      total = total + sup
       metrics.update(
-          supervised_loss=sup, weight_decay=l2,
+          supervised_loss=sup,
           supervised_acc=jnp.mean((jnp.argmax(outputs['sup_logits'], -1) == labels)
                                   .astype(jnp.float32)))
     metrics['total_loss'] = total

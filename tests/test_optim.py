@@ -284,3 +284,51 @@ def test_supervised_head_l2_matches_numpy():
   wd = 1e-4
   want = wd * np.sum(k.astype(np.float64) ** 2) / 2  # tf.nn.l2_loss: sum(w^2)/2; no bias.
   assert float(optim.supervised_head_l2(params, wd)) == pytest.approx(want, rel=1e-6)
+
+
+# --------------------------------------------- 'momentum' / 'adam': official L2-in-the-loss
+
+
+def test_weight_decay_loss_for_momentum_covers_every_non_bn_weight():
+  """Official add_weight_decay for non-LARS optimisers: wd * sum(v^2)/2 over every trainable
+  variable whose name lacks 'batch_normalization' (biases and the supervised head included)."""
+  config = test_config.get_config()
+  model = models.build_model(config, num_classes=10)
+  params = model.init(jax.random.key(0, impl='rbg'), jnp.zeros((2, 16, 16, 3)),
+                      train=False)['params']
+  want, n_bn, n_other = 0.0, 0, 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    name = _path_str(path)
+    # Independent classification: BN leaves are exactly the 'scale'/'bias' of a BatchNorm module.
+    if name.endswith(('bn/scale', 'bn/bias')):
+      n_bn += 1
+      continue
+    n_other += 1
+    want += np.sum(np.asarray(leaf, np.float64) ** 2) / 2
+  assert n_bn > 0 and n_other > 0
+  wd = 1e-3
+  got = float(optim.weight_decay_loss(params, 'momentum', wd))
+  assert got == pytest.approx(wd * want, rel=1e-5)
+  assert float(optim.weight_decay_loss(params, 'adam', wd)) == pytest.approx(got)
+  # LARS keeps decay in the optimiser: only the supervised-head kernel is in the loss.
+  assert float(optim.weight_decay_loss(params, 'lars', wd)) == pytest.approx(
+      float(optim.supervised_head_l2(params, wd)))
+
+
+def test_momentum_is_plain_nesterov_sgd():
+  """v <- m v + g; update = -lr (g + m v) (Nesterov), with no decay inside the optimiser."""
+  config = _config(optim__optimizer='momentum', optim__learning_rate=0.1, optim__warmup_epochs=0.0,
+                   optim__weight_decay=0.5, train__batch_size=256, train__epochs=10, train__steps=0)
+  tx = optim.create_optimizer(config, num_examples=2560)
+  lr_fn = optim.create_learning_rate_fn(config, num_examples=2560)
+  w = {'kernel': jnp.asarray([1.0, -2.0]), 'bias': jnp.asarray([0.5])}
+  state = tx.init(w)
+  v = {k: np.zeros_like(np.asarray(x)) for k, x in w.items()}
+  rng = np.random.default_rng(0)
+  for step in range(3):
+    g = {k: rng.normal(size=np.shape(x)).astype(np.float32) for k, x in w.items()}
+    updates, state = tx.update({k: jnp.asarray(x) for k, x in g.items()}, state, w)
+    lr = float(lr_fn(step))
+    for k in w:
+      v[k] = 0.9 * v[k] + g[k]
+      np.testing.assert_allclose(np.asarray(updates[k]), -lr * (g[k] + 0.9 * v[k]), rtol=1e-5)
