@@ -21,9 +21,10 @@ from simclr_jax.data import input_pipeline
 
 
 def extract(config: ml_collections.ConfigDict, split: str, num_examples: int,
-            mesh: jax.sharding.Mesh, embed_fn: Callable[[jax.Array], jax.Array]
-            ) -> tuple[np.ndarray, np.ndarray]:
-  """Runs `embed_fn` (jitted, images -> [B, D]) over `split`; returns (features, labels) on host."""
+            mesh: jax.sharding.Mesh, embed_fn: Callable[[jax.Array], Any]
+            ) -> tuple[Any, np.ndarray]:
+  """Runs `embed_fn` (jitted, images -> [B, D], or a dict of [B, ...] arrays) over `split`;
+  returns (outputs of the same structure with every example once, labels) on host."""
   feats, labels = [], []
   for batch in input_pipeline.eval_batches(
       config, split, global_batch=config.eval.batch_size, process_index=jax.process_index(),
@@ -31,12 +32,12 @@ def extract(config: ml_collections.ConfigDict, split: str, num_examples: int,
     out = embed_fn(sharding.global_batch(batch['image'], mesh))
     mask = sharding.global_batch(batch['mask'], mesh)
     lab = sharding.global_batch(batch['label'], mesh)
-    out, mask, lab = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
-                      for x in (out, mask, lab))
+    out, mask, lab = jax.tree.map(
+        lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), (out, mask, lab))
     keep = mask > 0
-    feats.append(out[keep])
+    feats.append(jax.tree.map(lambda x, keep=keep: x[keep], out))
     labels.append(lab[keep])
-  return np.concatenate(feats), np.concatenate(labels)
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *feats), np.concatenate(labels)
 
 
 def make_embed_fn(apply_fn: Callable, mesh: jax.sharding.Mesh, output: str = 'features'
@@ -45,6 +46,17 @@ def make_embed_fn(apply_fn: Callable, mesh: jax.sharding.Mesh, output: str = 'fe
   variables of the same structure (trained and random-init encoders share it)."""
   return jax.jit(functools.partial(steps.embed_step, apply_fn=apply_fn, output=output),
                  out_shardings=sharding.batch_sharded(mesh))
+
+
+def make_outputs_fn(apply_fn: Callable, mesh: jax.sharding.Mesh,
+                    outputs: tuple[str, ...] = ('features', 'sup_logits')
+                    ) -> Callable[[dict[str, Any], jax.Array], dict[str, jax.Array]]:
+  """jit(variables, images) -> {name: outputs[name]} for the `outputs` the model produces
+  (no 'sup_logits' without the online probe); frozen forward pass, batch-sharded."""
+  def fn(variables, images):
+    out = apply_fn(variables, steps.to_float_images(images), train=False)
+    return {k: out[k] for k in outputs if k in out}
+  return jax.jit(fn, out_shardings=sharding.batch_sharded(mesh))
 
 
 def pixels(config: ml_collections.ConfigDict, split: str, num_examples: int,

@@ -21,14 +21,17 @@ import numpy as np
 
 from simclr_jax import checkpointing
 from simclr_jax import evaluate
+from simclr_jax import knn
 from simclr_jax import models
 from simclr_jax import optim
+from simclr_jax import plots
 from simclr_jax import sharding
 from simclr_jax import steps
 from simclr_jax import validation
 from simclr_jax.data import input_pipeline
 
 RESULTS_FILE = 'results.json'
+EMBEDDINGS_FILE = 'embeddings.png'
 
 
 def _say(msg: str) -> None:
@@ -61,8 +64,20 @@ def make_init_fn(config: ml_collections.ConfigDict, model, tx, mesh
   return lambda: compiled(rng)
 
 
-def pretrain(config, workdir, info, mesh, init_fn, writer):
-  """The pretraining loop. Returns (final state, last logged metrics, seconds spent training)."""
+def eval_every_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
+  """Steps between evaluations during pretraining (0 = none; the end is always evaluated)."""
+  epochs = config.train.eval_every_epochs
+  if epochs <= 0:
+    return 0
+  return max(1, int(round(epochs * max(num_train // config.train.batch_size, 1))))
+
+
+def pretrain(config, workdir, info, mesh, init_fn, writer, eval_fn=None):
+  """The pretraining loop. Returns (final state, last logged metrics, seconds spent training).
+
+  `eval_fn(state, step)`, if given, runs every config.train.eval_every_epochs (not at the last
+  step: the caller evaluates the final state); its time is left out of img/s, ETA and seconds.
+  """
   lr_fn = optim.create_learning_rate_fn(config, info.num_train)
   total = optim.total_steps(config, info.num_train)
   state = init_fn()
@@ -87,6 +102,7 @@ def pretrain(config, workdir, info, mesh, init_fn, writer):
       config, process_index=jax.process_index(), process_count=jax.process_count(),
       start_step=start).as_numpy_iterator())
 
+  every = eval_every_steps(config, info.num_train) if eval_fn is not None else 0
   pending, last, seconds = [], {}, 0.0
   t_last = t_start = time.time()
   step_last = start
@@ -116,36 +132,72 @@ def pretrain(config, workdir, info, mesh, init_fn, writer):
       t_last, step_last = now, done
     if (step + 1) % config.train.checkpoint_every_steps == 0 or is_last:
       checkpointing.save(mngr, step + 1, state)
+    if every and (step + 1) % every == 0 and not is_last:
+      t_eval = time.time()
+      eval_fn(state, step + 1)
+      spent = time.time() - t_eval
+      t_last, t_start = t_last + spent, t_start + spent
   seconds = time.time() - t_start
   mngr.wait_until_finished()
   mngr.close()
   return state, last, seconds
 
 
-def evaluate_representations(config, info, mesh, model, init_fn, state) -> dict[str, Any]:
-  """Linear probes on frozen features: SimCLR encoder, random-init encoder, raw pixels."""
+def monitor(config, info, mesh, outputs_fn, variables) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Online linear probe and kNN monitor of `variables` over the whole eval split.
+
+  The kNN memory bank is the whole train split. Returns (metrics, features) where metrics holds
+  online_probe_top1/top5 (if the model has the online probe), knn_top1/top5 and
+  examples_evaluated, and features = {'train': (h, y), 'eval': (h, y)} for reuse by the probes.
+  """
+  e = config.eval
+  fn = functools.partial(outputs_fn, variables)
+  tr, ytr = evaluate.extract(config, config.data.train_split, info.num_train, mesh, fn)
+  ev, yte = evaluate.extract(config, config.data.eval_split, info.num_eval, mesh, fn)
+  nbrs = knn.knn_classify((tr['features'], ytr), (ev['features'], yte), info.num_classes,
+                        k=e.knn_k, temperature=e.knn_temperature, chunk_size=e.knn_chunk_size)
+  metrics = {}
+  if 'sup_logits' in ev:
+    metrics['online_probe_top1'] = evaluate.topk_accuracy(ev['sup_logits'], yte, 1)
+    metrics['online_probe_top5'] = evaluate.topk_accuracy(ev['sup_logits'], yte, 5)
+  metrics.update(knn_top1=nbrs['top1'], knn_top5=nbrs['top5'], examples_evaluated=int(len(yte)))
+  return metrics, {'train': (tr['features'], ytr), 'eval': (ev['features'], yte)}
+
+
+def log_eval(writer, step: int, metrics: dict[str, Any], k: int) -> None:
+  """TensorBoard scalars eval/<name> and one progress line."""
+  writer.write_scalars(step, {f'eval/{name}': v for name, v in metrics.items()})
+  writer.flush()
+  probe = (f'online probe top-1 {metrics["online_probe_top1"]:.4f} '
+           f'top-5 {metrics["online_probe_top5"]:.4f}, '
+           if 'online_probe_top1' in metrics else '')
+  _say(f'[eval @ step {step}] {probe}kNN (k={k}) top-1 {metrics["knn_top1"]:.4f} '
+       f'top-5 {metrics["knn_top5"]:.4f} on {metrics["examples_evaluated"]} examples')
+
+
+def evaluate_representations(config, info, mesh, init_fn, outputs_fn, simclr_features
+                             ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Linear probes and kNN on frozen features: SimCLR encoder (its features from `monitor`),
+  random-init encoder, raw pixels. Returns (linear_probe, knn) dicts keyed by representation."""
   e = config.eval
   probe = functools.partial(evaluate.linear_probe, num_classes=info.num_classes,
                             steps=e.probe_steps, learning_rate=e.probe_learning_rate,
                             weight_decay=e.probe_weight_decay)
-
-  embed = evaluate.make_embed_fn(model.apply, mesh)
-
-  def features_of(variables):
-    fn = functools.partial(embed, variables)
-    return (evaluate.extract(config, config.data.train_split, info.num_train, mesh, fn),
-            evaluate.extract(config, config.data.eval_split, info.num_eval, mesh, fn))
-
-  results = {'simclr': probe(*features_of({'params': state.params,
-                                            'batch_stats': state.batch_stats}))}
+  knn_fn = functools.partial(knn.knn_classify, num_classes=info.num_classes, k=e.knn_k,
+                         temperature=e.knn_temperature, chunk_size=e.knn_chunk_size)
+  feats = {'simclr': (simclr_features['train'], simclr_features['eval'])}
   if e.baselines:
     rand = init_fn()
-    results['random_init'] = probe(*features_of({'params': rand.params,
-                                                 'batch_stats': rand.batch_stats}))
-    results['raw_pixels'] = probe(
+    fn = functools.partial(
+        outputs_fn, {'params': rand.params, 'batch_stats': rand.batch_stats})
+    pair = [evaluate.extract(config, split, n, mesh, fn) for split, n in
+            ((config.data.train_split, info.num_train), (config.data.eval_split, info.num_eval))]
+    feats['random_init'] = tuple((out['features'], y) for out, y in pair)
+    feats['raw_pixels'] = (
         evaluate.pixels(config, config.data.train_split, info.num_train, mesh),
         evaluate.pixels(config, config.data.eval_split, info.num_eval, mesh))
-  return results
+  return ({name: probe(*f) for name, f in feats.items()},
+          {name: knn_fn(*f) for name, f in feats.items()})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -163,40 +215,72 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         if isinstance(v, (int, float, str, bool))})
 
   init_fn = make_init_fn(config, model, optim.create_optimizer(config, info.num_train), mesh)
-  state, last, train_seconds = pretrain(config, workdir, info, mesh, init_fn, writer)
-  _say('Pretraining done; evaluating frozen features with linear probes...')
-  probes = evaluate_representations(config, info, mesh, model, init_fn, state)
+  outputs_fn = evaluate.make_outputs_fn(model.apply, mesh)
+  history = []
+
+  def eval_fn(state, step):
+    metrics, features = monitor(config, info, mesh, outputs_fn,
+                                {'params': state.params, 'batch_stats': state.batch_stats})
+    log_eval(writer, step, metrics, config.eval.knn_k)
+    history.append(dict(metrics, step=step))
+    return features
+
+  state, last, train_seconds = pretrain(config, workdir, info, mesh, init_fn, writer, eval_fn)
   step = int(jax.device_get(state.step))
+  _say('Pretraining done; evaluating the online probe, kNN and linear probes on frozen features...')
+  features = eval_fn(state, step)
+  final = history[-1]
+  probes, nbrs = evaluate_representations(config, info, mesh, init_fn, outputs_fn, features)
   for name, r in probes.items():
-    writer.write_scalars(step, {f'eval/{name}_top1': r['top1'], f'eval/{name}_top5': r['top5']})
+    writer.write_scalars(step, {f'eval/{name}_top1': r['top1'], f'eval/{name}_top5': r['top5'],
+                                f'eval/{name}_knn_top1': nbrs[name]['top1']})
   writer.flush()
   results = {
       'config_name': config.name, 'dataset': info.name, 'eval_split': config.data.eval_split,
-      'checkpoint_step': step, 'linear_probe': probes,
+      'checkpoint_step': step, 'examples_evaluated': final['examples_evaluated'],
+      'linear_probe': probes, 'knn': nbrs,
+      'online_probe': {k: final[f'online_probe_{k}'] for k in ('top1', 'top5')
+                       if f'online_probe_{k}' in final},
+      'eval_history': history,
       'final_train_metrics': last, 'train_seconds': train_seconds,
       'wall_clock_seconds': time.time() - t0,
   }
   if jax.process_index() == 0:
     (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+    if config.eval.embedding_plot_points > 0:
+      h, y = features['eval']
+      plots.embeddings_png(
+          h, y, str(epath.Path(workdir) / EMBEDDINGS_FILE),
+          title=f'SimCLR encoder features, {info.name} {config.data.eval_split} split, '
+                f'step {step} (PCA)',
+          max_points=config.eval.embedding_plot_points, seed=config.seed)
   _say(format_table(results))
   return results
 
 
 def format_table(results: dict[str, Any]) -> str:
-  rows = [('representation', 'linear top-1', 'top-5', 'train top-1')]
+  rows = [('representation', 'linear top-1', 'top-5', 'train top-1', 'kNN top-1', 'kNN top-5')]
   labels = {'simclr': 'SimCLR encoder', 'random_init': 'same net, random init',
             'raw_pixels': 'raw pixels'}
+  nbrs = results.get('knn', {})
   for name, r in results['linear_probe'].items():
+    k = nbrs.get(name)
     rows.append((labels.get(name, name), f'{r["top1"]:.4f}', f'{r["top5"]:.4f}',
-                 f'{r["train_top1"]:.4f}'))
-  widths = [max(len(r[i]) for r in rows) for i in range(4)]
-  lines = [f'Linear probe on {results["dataset"]} ({results["eval_split"]} split, '
+                 f'{r["train_top1"]:.4f}', f'{k["top1"]:.4f}' if k else '-',
+                 f'{k["top5"]:.4f}' if k else '-'))
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+  k_used = f', kNN k={next(iter(nbrs.values()))["k"]}' if nbrs else ''
+  lines = [f'Linear probe{k_used} on {results["dataset"]} ({results["eval_split"]} split, '
            f'step {results["checkpoint_step"]}, {results["wall_clock_seconds"]:.0f} s total):']
   for i, r in enumerate(rows):
     lines.append('  ' + '  '.join(c.ljust(w) if j == 0 else c.rjust(w)
                                   for j, (c, w) in enumerate(zip(r, widths))))
     if i == 0:
       lines.append('  ' + '  '.join('-' * w for w in widths))
+  if results.get('online_probe'):
+    o = results['online_probe']
+    lines.append(f'Online probe (trained during pretraining): top-1 {o["top1"]:.4f}, '
+                 f'top-5 {o["top5"]:.4f}; {results["examples_evaluated"]} examples evaluated.')
   return '\n'.join(lines)
 
 

@@ -1,5 +1,7 @@
 """End to end: train_and_evaluate on 8 emulated devices writes checkpoints, TensorBoard events,
-config.json and results.json; the loss is finite and moves; a rerun resumes instead of restarting.
+config.json, results.json and embeddings.png; the loss is finite and moves; the online probe and
+kNN monitor cover every eval example exactly once, during pretraining and at the end; a rerun
+resumes instead of restarting.
 """
 
 import glob
@@ -7,6 +9,7 @@ import json
 import os
 
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
 
@@ -48,6 +51,35 @@ def test_writes_checkpoints_events_config_and_results(trained):
     assert 0.0 <= r['top1'] <= r['top5'] <= 1.0
     assert r['num_eval'] == 1000  # Every test example, exactly once.
   assert results['linear_probe']['simclr']['top1'] == on_disk['linear_probe']['simclr']['top1']
+  assert on_disk['config_name'] == 'test' and on_disk['dataset'] == 'embedded_mnist'
+  assert on_disk['eval_split'] == 'test' and on_disk['wall_clock_seconds'] > 0
+  # eval.batch_size=1008 over 1000 test / 4000 train examples: padded batches, masked out.
+  assert on_disk['examples_evaluated'] == 1000
+  assert set(on_disk['knn']) == {'simclr', 'random_init', 'raw_pixels'}
+  for r in on_disk['knn'].values():
+    assert 0.0 <= r['top1'] <= r['top5'] <= 1.0
+    assert (r['num_train'], r['num_eval'], r['k']) == (4000, 1000, config.eval.knn_k)
+  # Raw MNIST pixels are a strong kNN baseline; any kNN here is far above chance (0.1).
+  assert on_disk['knn']['raw_pixels']['top1'] > 0.7
+  assert 0.0 <= on_disk['online_probe']['top1'] <= on_disk['online_probe']['top5'] <= 1.0
+  assert [h['step'] for h in on_disk['eval_history']] == [6]  # eval_every_epochs=0: end only.
+  final = on_disk['eval_history'][-1]
+  assert final['knn_top1'] == on_disk['knn']['simclr']['top1']
+  assert final['online_probe_top1'] == on_disk['online_probe']['top1']
+
+
+def test_eval_scalars_and_embeddings_plot(trained):
+  config, workdir, results = trained
+  for tag in ('eval/online_probe_top1', 'eval/online_probe_top5', 'eval/knn_top1',
+              'eval/simclr_top1', 'eval/random_init_knn_top1'):
+    assert list(_scalars(workdir, tag)) == [6], tag
+  assert _scalars(workdir, 'eval/knn_top1')[6] == pytest.approx(results['knn']['simclr']['top1'])
+  with Image.open(os.path.join(workdir, train.EMBEDDINGS_FILE)) as im:
+    assert im.format == 'PNG'
+    im.load()  # Decodes the whole image (raises on a truncated or corrupt file).
+    assert im.size[0] >= 300 and im.size[1] >= 300
+    pixels = np.asarray(im.convert('RGB'))
+  assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10  # Not blank: points in colours.
 
 
 def test_loss_is_finite_and_moves(trained):
@@ -68,8 +100,19 @@ def test_rerun_resumes_from_latest_checkpoint(trained, tmp_path, capsys):
   config = test_config.get_config()
   config.train.steps = 8
   config.eval.baselines = False
+  # One epoch is 4000 // 32 = 125 steps: evaluate after every step (step 7; step 8 is the end).
+  config.train.eval_every_epochs = 1 / 125
+  config.eval.batch_size = 56  # 7 per device; 1000 = 17 * 56 + 48 and 4000 = 71 * 56 + 24.
   results = train.train_and_evaluate(config, workdir)
-  assert 'Resumed from' in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert 'Resumed from' in out
+  assert '[eval @ step 7] online probe top-1' in out
   assert results['checkpoint_step'] == 8
   loss = _scalars(workdir, 'train/contrast_loss')
   assert 7 in loss and 8 in loss
+  assert [h['step'] for h in results['eval_history']] == [7, 8]
+  for h in results['eval_history']:
+    assert h['examples_evaluated'] == 1000  # Every test example exactly once.
+  assert results['knn']['simclr']['num_train'] == 4000  # The whole train split is the bank.
+  assert results['linear_probe']['simclr']['num_train'] == 4000
+  assert set(_scalars(workdir, 'eval/knn_top1')) == {6, 7, 8}
