@@ -10,6 +10,7 @@ from simclr_jax.tools import preview_augmentations as preview
 
 def test_writes_png_grid(tmp_path):
   config = default.get_config()
+  config.data.image_size = 28  # Native size: the eval view is then the image itself.
   config.aug.flip = True
   config.aug.color_jitter_strength = 1.0
   out = tmp_path / 'grid.png'
