@@ -34,11 +34,3 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
                       local_batch)
 
-
-def check_divisible(global_size: int, mesh: Mesh, key: str) -> None:
-  """Batches must split evenly over devices and processes; say which key and what would work."""
-  n = mesh.size
-  if global_size <= 0 or global_size % n or global_size % jax.process_count():
-    ok = [k * n for k in range(1, 5)]
-    raise ValueError(f'{key}={global_size} must be a positive multiple of the device count {n} '
-                     f'(and of the process count {jax.process_count()}); e.g. one of {ok} or more.')

@@ -1,6 +1,5 @@
 """Checkpoints round-trip the whole train state, keep its sharding, and carry the config."""
 
-import functools
 
 import jax
 import numpy as np

@@ -6,7 +6,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from simclr_jax.models import heads
-from simclr_jax.models import resnet
 
 
 class SimCLR(nn.Module):
