@@ -22,6 +22,11 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = 'default'  # Free-form run name, written into results.json.
   config.seed = 0  # Seeds initialisation and the data order / augmentation stream.
+  # 'pretrain' (train.py) | 'linear_eval' (frozen encoder, new linear head) | 'finetune' (linear_eval.py).
+  config.mode = 'pretrain'
+  config.init_checkpoint = config_dict.placeholder(str)  # linear_eval/finetune: the pretraining --workdir.
+  config.fine_tune_after_block = -1  # finetune: freeze stem+groups 1..k (official; -1 none, 0 stem, 4 all).
+  config.zero_init_logits_layer = False  # linear_eval/finetune: zero-init the new head (official flag).
 
   # ---- data: where images come from ----
   config.data = ml_collections.ConfigDict()
@@ -35,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.image_size = 20  # Network input side in pixels (paper 224; CIFAR 32). 20 < 28: CPU speed.
   config.data.shuffle_buffer = 10_000  # Examples in the tf.data shuffle buffer.
   config.data.cache = True  # Cache decoded source images in memory (small data sets only).
+  config.data.label_fraction = 1.0  # linear_eval/finetune: class-balanced fraction of train labels kept.
 
   # ---- aug: the SimCLR augmentation (paper appendix A) ----
   config.aug = ml_collections.ConfigDict()
@@ -95,6 +101,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.knn_temperature = 0.1  # kNN vote weight exp(cos_sim / T) (Wu et al. 2018: 0.1).
   config.eval.knn_chunk_size = 1024  # Queries per kNN chunk (bounds memory at chunk x train-split size).
   config.eval.embedding_plot_points = 1000  # Eval-split points in workdir/embeddings.png (0 = no plot).
+
+  # ---- linear_eval: the standalone linear-evaluation / fine-tuning job (simclr_jax/linear_eval.py) ----
+  config.linear_eval = ml_collections.ConfigDict()
+  config.linear_eval.precompute_features = False  # Train the head on frozen features extracted once (no aug).
 
   config.lock()
   return config

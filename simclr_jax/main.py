@@ -1,7 +1,9 @@
 """Command line: python -m simclr_jax.main --config=configs/default.py --workdir=DIR.
 
-Flags only; the work is `train.train_and_evaluate(config, workdir)`. Override any config field
-with --config.<group>.<field>=value (the config is locked, so a mistyped key fails).
+Flags only; the work is `train.train_and_evaluate(config, workdir)` (config.mode 'pretrain') or
+`linear_eval.run(config, workdir)` ('linear_eval' / 'finetune', e.g. configs/linear_eval.py).
+Override any config field with --config.<group>.<field>=value (the config is locked, so a
+mistyped key fails).
 On multi-host TPU pods every host runs this same command.
 """
 
@@ -42,12 +44,19 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   if os.environ.get('SIMCLR_MULTIHOST') == '1' or 'TPU_WORKER_HOSTNAMES' in os.environ:
     jax.distributed.initialize()  # Every host of a pod slice runs the same command.
+  from simclr_jax import linear_eval  # pylint: disable=g-import-not-at-top
   from simclr_jax import train  # pylint: disable=g-import-not-at-top
   from simclr_jax import validation  # pylint: disable=g-import-not-at-top
   from simclr_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   logging.info('JAX devices: %s', jax.devices())
+  config = _CONFIG.value
+  jobs = {'pretrain': train.train_and_evaluate, 'linear_eval': linear_eval.run,
+          'finetune': linear_eval.run}
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if config.mode not in jobs:
+      raise validation.ConfigError(f'config.mode={config.mode!r} is invalid; allowed: '
+                                   f'{tuple(jobs)}.')
+    jobs[config.mode](config, _WORKDIR.value)
   except (validation.ConfigError, input_pipeline.DataNotReadyError, PermissionError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -13,12 +13,18 @@ or the parameter layout):
 - a CIFAR stem (3x3 stride-1 conv, no max-pool) for images of at most 32 pixels.
 
 Output: globally average-pooled features [B, 512*w] (depth 10/18/34) or [B, 2048*w] (50+).
+
+Fine-tuning (`fine_tune_after_block` = k >= 0, official flag): the stem (k >= 0) and groups 1..k
+are frozen: their BN layers run in inference mode (moving averages, no statistics update) and a
+stop_gradient sits at the input of group k+1, so no gradient reaches them. k = 4 freezes the whole
+encoder; the default -1 changes nothing. Parameter names do not depend on k.
 """
 
 import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # Blocks per group. Depth 10 is not in the paper: one basic block per group, for tests and demos.
@@ -171,9 +177,11 @@ class ResNet(nn.Module):
   cifar_stem: bool = False
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
+  fine_tune_after_block: int = -1  # -1: all trainable; k in 0..4: freeze stem and groups 1..k.
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    k = self.fine_tune_after_block
     if self.depth not in BLOCKS_PER_GROUP:
       raise ValueError(f'resnet_depth={self.depth} is not supported; allowed: '
                        f'{sorted(BLOCKS_PER_GROUP)}.')
@@ -181,26 +189,31 @@ class ResNet(nn.Module):
     conv = functools.partial(ConvFixedPadding, dtype=self.dtype)
     w = self.width_multiplier
     x = x.astype(self.dtype)
+    train_stem = train and k < 0  # Frozen parts keep BN in inference mode.
     if self.cifar_stem:
       x = conv(int(64 * w), 3, 1, name='stem_conv')(x)
-      x = bn(name='stem_bn')(x, train)
+      x = bn(name='stem_bn')(x, train_stem)
     else:
       if self.sk_ratio > 0:  # ResNet-D deep stem: three 3x3 convs.
         x = conv(int(64 * w) // 2, 3, 2, name='stem_conv1')(x)
-        x = bn(name='stem_bn1')(x, train)
+        x = bn(name='stem_bn1')(x, train_stem)
         x = conv(int(64 * w) // 2, 3, 1, name='stem_conv2')(x)
-        x = bn(name='stem_bn2')(x, train)
+        x = bn(name='stem_bn2')(x, train_stem)
         x = conv(int(64 * w), 3, 1, name='stem_conv3')(x)
-        x = bn(name='stem_bn3')(x, train)
+        x = bn(name='stem_bn3')(x, train_stem)
       else:
         x = conv(int(64 * w), 7, 2, name='stem_conv')(x)
-        x = bn(name='stem_bn')(x, train)
+        x = bn(name='stem_bn')(x, train_stem)
       x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
     bottleneck = uses_bottleneck(self.depth)
     for g, (num_blocks, base) in enumerate(zip(BLOCKS_PER_GROUP[self.depth], (64, 128, 256, 512))):
+      if k == g:  # Input of group g+1: nothing before it is trained.
+        x = jax.lax.stop_gradient(x)
       for b in range(num_blocks):
         x = ResidualBlock(
             filters=int(base * w), strides=(1 if g == 0 else 2) if b == 0 else 1,
             use_projection=b == 0, bottleneck=bottleneck, sk_ratio=self.sk_ratio, bn=bn,
-            dtype=self.dtype, name=f'group{g + 1}_block{b}')(x, train)
+            dtype=self.dtype, name=f'group{g + 1}_block{b}')(x, train and g + 1 > k)
+    if k >= len(BLOCKS_PER_GROUP[self.depth]):
+      x = jax.lax.stop_gradient(x)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

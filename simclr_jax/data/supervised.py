@@ -1,0 +1,108 @@
+"""Labelled training data for linear evaluation and fine-tuning: one crop + flip view per example.
+
+The paper's protocol (appendix B.5/B.6, official `preprocess_for_train` with colour strength 0 and
+no blur): random resized crop and horizontal flip only (`config.aug.crop` / `config.aug.flip` /
+`config.aug.crop_area_min` still apply, so the digits demo can keep flips off).
+
+Label fractions: TFDS ships ImageNet's official 1% / 10% subsets as `imagenet2012_subset/1pct` and
+`/10pct` (use them as config.data.dataset). For any other data set, `config.data.label_fraction`
+keeps a deterministic, class-balanced subset: round(fraction * n_c) examples (at least 1) of every
+class c, chosen by a fixed seed that does not depend on config.seed, so every run and every
+process sees the same labelled examples.
+
+The stream follows input_pipeline's determinism contract: a pure function of (config.seed,
+process_index), resumable at any step.
+"""
+
+from typing import Optional
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from simclr_jax.data import augment
+from simclr_jax.data import embedded
+from simclr_jax.data import input_pipeline
+
+LABEL_FRACTION_SEED = 20200213  # Fixed: the labelled subset is part of the data set, not the run.
+_SHUFFLE_SALT = 3_000_017
+_AUG_SALT = 4_000_037
+
+
+def label_subset(labels: np.ndarray, fraction: float) -> np.ndarray:
+  """Sorted indices of a class-balanced subset: round(fraction * n_c) (>= 1) of each class c."""
+  labels = np.asarray(labels)
+  if not 0 < fraction <= 1:
+    raise ValueError(f'config.data.label_fraction={fraction!r} must be in (0, 1].')
+  if fraction == 1:
+    return np.arange(len(labels))
+  keep = []
+  for c in np.unique(labels):
+    idx = np.flatnonzero(labels == c)
+    rng = np.random.RandomState([LABEL_FRACTION_SEED, int(c)])
+    k = max(1, int(round(fraction * len(idx))))
+    keep.append(rng.permutation(idx)[:k])
+  return np.sort(np.concatenate(keep))
+
+
+def split_labels(config: ml_collections.ConfigDict, split: str) -> np.ndarray:
+  """Labels int32 [n] of the whole split in stored order (reads the split once; no decoding)."""
+  if config.data.dataset == embedded.NAME:
+    return embedded.load(split)[1]
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = input_pipeline._tfds_builder(config)  # pylint: disable=protected-access
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders={'image': tfds.decode.SkipDecoding()})  # Images stay bytes.
+  return np.fromiter(ds.map(lambda ex: ex['label']).as_numpy_iterator(), np.int32)
+
+
+def train_indices(config: ml_collections.ConfigDict) -> Optional[np.ndarray]:
+  """Kept train-split indices under config.data.label_fraction, or None for the whole split."""
+  if config.data.label_fraction == 1:
+    return None
+  return label_subset(split_labels(config, config.data.train_split), config.data.label_fraction)
+
+
+def train_dataset(config: ml_collections.ConfigDict, *, process_index: int, process_count: int,
+                  start_step: int = 0, indices: Optional[np.ndarray] = None) -> tf.data.Dataset:
+  """Infinite stream of host-local batches {'image': uint8 [b,S,S,3], 'label': int32 [b]}.
+
+  `indices`: kept examples of the whole train split (None = all); each process keeps those in
+  its contiguous share.
+  """
+  d, a, size = config.data, config.aug, config.data.image_size
+  b = input_pipeline.per_process_batch(config.train.batch_size, process_count)
+  src, n, total = input_pipeline.source(config, d.train_split, process_index, process_count)
+  if indices is not None:
+    lo, hi = input_pipeline.shard_bounds(total, process_index, process_count)
+    keep = np.zeros((total,), bool)
+    keep[indices] = True
+    local = tf.constant(keep[lo:hi])
+    n = int(keep[lo:hi].sum())
+    src = src.enumerate().filter(lambda i, ex: tf.gather(local, i)).map(lambda i, ex: ex)
+  if n < b:
+    raise ValueError(f'config.train.batch_size={config.train.batch_size}: each of the '
+                     f'{process_count} process(es) needs {b} labelled examples per batch but '
+                     f'holds {n}.')
+  if d.cache:
+    src = src.cache()
+  first = start_step * b
+  first_epoch = first // n
+  seed = config.seed
+
+  def epoch(e):
+    return input_pipeline._stateless_shuffle(  # pylint: disable=protected-access
+        src, min(d.shuffle_buffer, n), [seed * _SHUFFLE_SALT + process_index, e])
+
+  ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
+  ds = ds.skip(first - first_epoch * n).enumerate(start=first)
+
+  def view(t, ex):
+    s = tf.stack([tf.constant(seed * _AUG_SALT + process_index, tf.int64), tf.cast(t, tf.int64)])
+    image = augment.preprocess_for_train(
+        ex['image'], size, size, seed=s, color_jitter_strength=0.0, use_blur=False,
+        crop=a.crop, flip=a.flip, area_min=a.crop_area_min)
+    return {'image': tf.cast(tf.round(image * 255.0), tf.uint8), 'label': ex['label']}
+
+  ds = ds.map(view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
