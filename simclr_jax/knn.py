@@ -4,8 +4,10 @@ discrimination; the usual kNN monitor of self-supervised training).
 Features are L2-normalised, so similarity is cosine. Train-split features are the memory bank,
 eval-split features the queries. Each query takes its k most similar bank entries; neighbour i
 votes for its label with weight exp(sim_i / T), and the class with the largest summed weight wins.
-Queries go through in fixed-size chunks (the last one padded), so memory stays at
-O(chunk * bank) and one compiled kernel serves every chunk.
+Queries and the bank both go through in fixed-size chunks (the last ones padded, padding never
+chosen): each query chunk keeps a running top-k that every bank chunk is merged into, so device
+memory stays bounded (an ImageNet bank of 1.28M x 2048 never has to sit on one device) and one
+compiled kernel serves every chunk pair.
 """
 
 import functools
@@ -21,50 +23,75 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
 
 
-@functools.partial(jax.jit, static_argnames=('k', 'num_classes'))
-def _chunk_scores(bank: jax.Array, bank_labels: jax.Array, queries: jax.Array, *, k: int,
-                  num_classes: int, temperature: float) -> jax.Array:
-  """bank [N, D], bank_labels int32 [N], queries [Q, D] (unit rows) -> class scores [Q, C] f32."""
-  sim = jnp.dot(queries, bank.T, precision=jax.lax.Precision.HIGHEST)  # [Q, N]
-  top_sim, top_idx = jax.lax.top_k(sim, k)  # [Q, k]
-  weights = jnp.exp(top_sim / temperature)
-  onehot = jax.nn.one_hot(bank_labels[top_idx], num_classes, dtype=jnp.float32)  # [Q, k, C]
+@functools.partial(jax.jit, static_argnames=('k',))
+def _merge_top_k(top_sim: jax.Array, top_lab: jax.Array, queries: jax.Array, bank: jax.Array,
+                 bank_labels: jax.Array, num_valid: jax.Array, *, k: int
+                 ) -> tuple[jax.Array, jax.Array]:
+  """Running top-k [Q, k] (similarities, labels) merged with one bank chunk [M, D] of which the
+  first `num_valid` rows are real (the rest is padding that can never be chosen)."""
+  sim = jnp.dot(queries, bank.T, precision=jax.lax.Precision.HIGHEST)  # [Q, M]
+  sim = jnp.where(jnp.arange(bank.shape[0]) < num_valid, sim, -jnp.inf)
+  cand_sim = jnp.concatenate([top_sim, sim], axis=1)
+  cand_lab = jnp.concatenate([top_lab, jnp.broadcast_to(bank_labels, sim.shape)], axis=1)
+  top_sim, idx = jax.lax.top_k(cand_sim, k)
+  return top_sim, jnp.take_along_axis(cand_lab, idx, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=('num_classes',))
+def _vote(top_sim: jax.Array, top_lab: jax.Array, *, num_classes: int,
+          temperature: float) -> jax.Array:
+  """[Q, k] neighbour similarities and labels -> class scores [Q, C]: sum of exp(sim / T)."""
+  weights = jnp.exp(top_sim / temperature)  # exp(-inf) = 0: unfilled slots do not vote.
+  onehot = jax.nn.one_hot(top_lab, num_classes, dtype=jnp.float32)  # [Q, k, C]
   return jnp.einsum('qk,qkc->qc', weights, onehot)
 
 
+def _chunks(x: np.ndarray, size: int):
+  """Yields (rows padded with zeros to `size`, number of real rows)."""
+  for start in range(0, len(x), size):
+    part = x[start:start + size]
+    n = len(part)
+    if n < size:
+      part = np.concatenate([part, np.zeros((size - n,) + part.shape[1:], part.dtype)])
+    yield part, n
+
+
 def knn_scores(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, num_classes: int,
-               *, k: int = 200, temperature: float = 0.1, chunk_size: int = 1024) -> np.ndarray:
+               *, k: int = 200, temperature: float = 0.1, chunk_size: int = 1024,
+               bank_chunk_size: int = 65536) -> np.ndarray:
   """Temperature-weighted kNN class scores for every query: [Q, num_classes] float32.
 
   bank: [N, D] features of the memory bank (train split), bank_labels: int [N];
-  queries: [Q, D]. Both are L2-normalised here. k is clipped to N.
+  queries: [Q, D]. Both are L2-normalised here. k is clipped to N. The bank streams through
+  the device once, in chunks of `bank_chunk_size` rows, while every query chunk of `chunk_size`
+  keeps a running top-k, so device memory is O(Q*k + chunk_size*bank_chunk_size + bank chunk).
   """
-  bank = jnp.asarray(l2_normalize(bank))
-  bank_labels = jnp.asarray(np.asarray(bank_labels, np.int32))
+  bank = l2_normalize(bank)
+  bank_labels = np.asarray(bank_labels, np.int32)
   queries = l2_normalize(queries)
-  k = int(min(k, bank.shape[0]))
-  chunk = int(max(1, min(chunk_size, len(queries))))
-  out = []
-  for start in range(0, len(queries), chunk):
-    q = queries[start:start + chunk]
-    n = len(q)
-    if n < chunk:  # Pad to the compiled shape; padded rows are dropped below.
-      q = np.concatenate([q, np.zeros((chunk - n, q.shape[1]), np.float32)])
-    s = _chunk_scores(bank, bank_labels, jnp.asarray(q), k=k, num_classes=num_classes,
-                      temperature=float(temperature))
-    out.append(np.asarray(s)[:n])
-  if not out:
+  if not len(queries):
     return np.zeros((0, num_classes), np.float32)
+  k = int(min(k, len(bank)))
+  q_size = int(max(1, min(chunk_size, len(queries))))
+  b_size = int(max(1, min(bank_chunk_size, len(bank))))
+  q_chunks = [(jnp.asarray(q), n) for q, n in _chunks(queries, q_size)]
+  tops = [(jnp.full((q_size, k), -jnp.inf, jnp.float32), jnp.zeros((q_size, k), jnp.int32))
+          for _ in q_chunks]
+  for (b, nb), (bl, _) in zip(_chunks(bank, b_size), _chunks(bank_labels, b_size)):
+    b, bl, nb = jnp.asarray(b), jnp.asarray(bl), jnp.asarray(nb, jnp.int32)
+    tops = [_merge_top_k(ts, tl, q, b, bl, nb, k=k) for (ts, tl), (q, _) in zip(tops, q_chunks)]
+  out = [np.asarray(_vote(ts, tl, num_classes=num_classes, temperature=float(temperature)))[:n]
+         for (ts, tl), (_, n) in zip(tops, q_chunks)]
   return np.concatenate(out)
 
 
 def knn_classify(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
                  num_classes: int, *, k: int = 200, temperature: float = 0.1,
-                 chunk_size: int = 1024) -> dict[str, float]:
+                 chunk_size: int = 1024, bank_chunk_size: int = 65536) -> dict[str, float]:
   """kNN top-1/top-5 of `test` = (features [Q, D], labels [Q]) against the bank `train`."""
   (xtr, ytr), (xte, yte) = train, test
   scores = knn_scores(xtr, ytr, xte, num_classes, k=k, temperature=temperature,
-                      chunk_size=chunk_size)
+                      chunk_size=chunk_size, bank_chunk_size=bank_chunk_size)
   yte = np.asarray(yte)
   ranked = np.argsort(-scores, axis=1, kind='stable')
   return {'top1': float(np.mean(ranked[:, 0] == yte)),

@@ -21,8 +21,11 @@ def _reference_scores(bank, bank_labels, queries, num_classes, k, temperature):
   return scores
 
 
-@pytest.mark.parametrize('k,temperature,chunk', [(200, 0.1, 64), (5, 0.5, 1000), (1, 0.1, 7)])
-def test_scores_and_accuracy_match_numpy_reference(k, temperature, chunk):
+# Bank chunks of 37 (< k = 200: the running top-k starts with empty slots) and of 128 (the last
+# bank chunk padded: padding must never be chosen), or the whole bank at once.
+@pytest.mark.parametrize('k,temperature,chunk,bank_chunk',
+                         [(200, 0.1, 64, 37), (5, 0.5, 1000, 65536), (1, 0.1, 7, 128)])
+def test_scores_and_accuracy_match_numpy_reference(k, temperature, chunk, bank_chunk):
   rng = np.random.default_rng(0)
   num_classes = 7
   # Features with some class structure, unnormalised (knn must normalise them itself).
@@ -32,11 +35,12 @@ def test_scores_and_accuracy_match_numpy_reference(k, temperature, chunk):
   xtr = (centres[ytr] + 1.5 * rng.normal(size=(500, 16))) * rng.uniform(0.5, 3, (500, 1))
   xte = (centres[yte] + 1.5 * rng.normal(size=(301, 16))) * rng.uniform(0.5, 3, (301, 1))
   ref = _reference_scores(xtr, ytr, xte, num_classes, k, temperature)
-  got = knn.knn_scores(xtr, ytr, xte, num_classes, k=k, temperature=temperature, chunk_size=chunk)
+  got = knn.knn_scores(xtr, ytr, xte, num_classes, k=k, temperature=temperature, chunk_size=chunk,
+                       bank_chunk_size=bank_chunk)
   assert got.shape == (301, num_classes)
   np.testing.assert_allclose(got, ref, rtol=2e-4, atol=1e-30)
   res = knn.knn_classify((xtr, ytr), (xte, yte), num_classes, k=k, temperature=temperature,
-                         chunk_size=chunk)
+                         chunk_size=chunk, bank_chunk_size=bank_chunk)
   ranked = np.argsort(-ref, axis=1, kind='stable')  # Ties (zero votes): lowest class first.
   assert res['top1'] == pytest.approx(np.mean(ranked[:, 0] == yte))
   assert res['top5'] == pytest.approx(np.mean(np.any(ranked[:, :5] == yte[:, None], axis=1)))
@@ -51,7 +55,8 @@ def test_two_clusters_are_separated_perfectly():
   bank = np.concatenate([a + 0.05 * rng.normal(size=(30, 3)), b + 0.05 * rng.normal(size=(20, 3))])
   labels = np.array([0] * 30 + [1] * 20)
   queries = np.array([[2.0, 0.1, 0.0], [0.1, 3.0, 0.0], [0.9, 0.0, 0.1]])
-  res = knn.knn_classify((bank, labels), (queries, np.array([0, 1, 0])), 2, k=200)
+  res = knn.knn_classify((bank, labels), (queries, np.array([0, 1, 0])), 2, k=200,
+                         chunk_size=2, bank_chunk_size=16)
   assert res['top1'] == 1.0 and res['k'] == 50  # k clipped to the bank size.
   assert res['top5'] == 1.0
 
