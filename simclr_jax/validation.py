@@ -53,6 +53,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
   _check(t.checkpoint_every_steps > 0, 'train.checkpoint_every_steps', t.checkpoint_every_steps,
          'a positive number of steps')
   _check(t.keep_checkpoints >= 1, 'train.keep_checkpoints', t.keep_checkpoints, 'an integer >= 1')
+  _check(t.eval_every_epochs >= 0, 'train.eval_every_epochs', t.eval_every_epochs,
+         'a number of epochs >= 0 (0 = evaluate only at the end)')
+  _check(e.knn_k >= 1, 'eval.knn_k', e.knn_k, 'an integer >= 1 (Wu et al. 2018: 200)')
+  _check(e.knn_temperature > 0, 'eval.knn_temperature', e.knn_temperature,
+         'a positive number (Wu et al. 2018: 0.1)')
+  _check(e.knn_chunk_size >= 1, 'eval.knn_chunk_size', e.knn_chunk_size, 'an integer >= 1')
+  _check(e.embedding_plot_points >= 0, 'eval.embedding_plot_points', e.embedding_plot_points,
+         'an integer >= 0 (0 = no plot)')
   _check(d.image_size >= 8, 'data.image_size', d.image_size, 'an integer >= 8 (paper 224; CIFAR 32)')
   _check(0 < a.crop_area_min <= 1, 'aug.crop_area_min', a.crop_area_min, '(0, 1]; paper 0.08')
   _check(0 <= a.color_jitter_strength <= 1.25, 'aug.color_jitter_strength',

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
+from configs import default
 from simclr_jax import knn
+from simclr_jax import validation
 
 
 def _reference_scores(bank, bank_labels, queries, num_classes, k, temperature):
@@ -73,3 +75,13 @@ def test_votes_are_weighted_by_exp_similarity_not_counted():
                           temperature=0.1)['top1'] == 1.0
   assert knn.knn_classify((bank, labels), (query, np.array([1])), 2, k=3,
                           temperature=10.0)['top1'] == 1.0
+
+
+@pytest.mark.parametrize('group,key,value', [('eval', 'knn_k', 0), ('eval', 'knn_temperature', 0.0),
+                                             ('eval', 'knn_chunk_size', 0),
+                                             ('train', 'eval_every_epochs', -1.0)])
+def test_bad_monitor_settings_fail_before_training(group, key, value):
+  config = default.get_config()
+  config[group][key] = value
+  with pytest.raises(validation.ConfigError, match=f'config.{group}.{key}='):
+    validation.validate(config, num_devices=8)
