@@ -152,16 +152,18 @@ def monitor(config, info, mesh, outputs_fn, variables) -> tuple[dict[str, Any], 
   """
   e = config.eval
   fn = functools.partial(outputs_fn, variables)
-  tr, ytr = evaluate.extract(config, config.data.train_split, info.num_train, mesh, fn)
+  # Train split: features only leave the devices (ImageNet: no [1.28M, 1000] logits on host).
+  htr, ytr = evaluate.extract(config, config.data.train_split, info.num_train, mesh,
+                              lambda x: fn(x)['features'])
   ev, yte = evaluate.extract(config, config.data.eval_split, info.num_eval, mesh, fn)
-  nbrs = knn.knn_classify((tr['features'], ytr), (ev['features'], yte), info.num_classes,
-                        k=e.knn_k, temperature=e.knn_temperature, chunk_size=e.knn_chunk_size)
+  nbrs = knn.knn_classify((htr, ytr), (ev['features'], yte), info.num_classes,
+                          k=e.knn_k, temperature=e.knn_temperature, chunk_size=e.knn_chunk_size)
   metrics = {}
   if 'sup_logits' in ev:
     metrics['online_probe_top1'] = evaluate.topk_accuracy(ev['sup_logits'], yte, 1)
     metrics['online_probe_top5'] = evaluate.topk_accuracy(ev['sup_logits'], yte, 5)
   metrics.update(knn_top1=nbrs['top1'], knn_top5=nbrs['top5'], examples_evaluated=int(len(yte)))
-  return metrics, {'train': (tr['features'], ytr), 'eval': (ev['features'], yte)}
+  return metrics, {'train': (htr, ytr), 'eval': (ev['features'], yte)}
 
 
 def log_eval(writer, step: int, metrics: dict[str, Any], k: int) -> None:
@@ -184,15 +186,15 @@ def evaluate_representations(config, info, mesh, init_fn, outputs_fn, simclr_fea
                             steps=e.probe_steps, learning_rate=e.probe_learning_rate,
                             weight_decay=e.probe_weight_decay)
   knn_fn = functools.partial(knn.knn_classify, num_classes=info.num_classes, k=e.knn_k,
-                         temperature=e.knn_temperature, chunk_size=e.knn_chunk_size)
+                             temperature=e.knn_temperature, chunk_size=e.knn_chunk_size)
   feats = {'simclr': (simclr_features['train'], simclr_features['eval'])}
   if e.baselines:
     rand = init_fn()
-    fn = functools.partial(
-        outputs_fn, {'params': rand.params, 'batch_stats': rand.batch_stats})
-    pair = [evaluate.extract(config, split, n, mesh, fn) for split, n in
-            ((config.data.train_split, info.num_train), (config.data.eval_split, info.num_eval))]
-    feats['random_init'] = tuple((out['features'], y) for out, y in pair)
+    rand_vars = {'params': rand.params, 'batch_stats': rand.batch_stats}
+    feats['random_init'] = tuple(
+        evaluate.extract(config, split, n, mesh, lambda x: outputs_fn(rand_vars, x)['features'])
+        for split, n in ((config.data.train_split, info.num_train),
+                         (config.data.eval_split, info.num_eval)))
     feats['raw_pixels'] = (
         evaluate.pixels(config, config.data.train_split, info.num_train, mesh),
         evaluate.pixels(config, config.data.eval_split, info.num_eval, mesh))
