@@ -1,6 +1,7 @@
 """Frozen-feature evaluation: extract features of a whole split, fit a linear probe, score it.
 
-Used after pretraining for the results table (SimCLR encoder vs the same network at random
+Used during and after pretraining (online probe logits and kNN features via `make_outputs_fn`)
+and for the results table (SimCLR encoder vs the same network at random
 initialisation vs raw pixels). Feature extraction runs the encoder in inference mode (BN moving
 averages) and covers every example once: the last batch is padded and the padding masked out.
 """

@@ -2,7 +2,9 @@
 
 Data flow: config -> validation -> data info -> mesh -> model -> optimiser -> sharded TrainState
 (restored from the workdir's latest checkpoint if there is one) -> jitted steps over the global
-batch -> progress lines, TensorBoard scalars, checkpoints -> linear probes -> results.json.
+batch -> progress lines, TensorBoard scalars, checkpoints; every train.eval_every_epochs and at the
+end the online probe and the kNN monitor on the whole eval split -> linear probes and kNN for the
+SimCLR encoder and baselines -> results.json, embeddings.png.
 The same function serves the CLI, tests, benchmarks and notebooks.
 """
 
