@@ -8,13 +8,14 @@ The encoder (architecture from /tmp/simclr_demo/config.json, weights from its la
 is frozen; a linear head is trained with the paper's protocol (appendix B.6: Nesterov momentum 0.9,
 lr 0.1 x B/256 with cosine decay, no warmup, no weight decay, 90 epochs) on features extracted
 once (precompute_features; the eval preprocessing, i.e. no crop/flip: on a 2-core CPU this takes
-about a minute including compilation). --config.linear_eval.precompute_features=False trains on
+about 20 s including compilation). --config.linear_eval.precompute_features=False trains on
 crop (+ flip where config.aug.flip) views instead, as the paper does, at the cost of a forward
 pass per step.
 
-Expected: top-1 close to the pretraining run's own Adam probe on standardised features
-(~0.95 for the default demo, see its results.json); this job reports top-1/top-5 on all 1,000
-test digits in workdir/results.json.
+Expected (measured on a 2-core CPU on top of the default demo, whose own Adam probe on
+standardised features reports 0.949): top-1 0.922, top-5 0.994 on all 1,000 test digits, about
+20 s for the whole job. The paper's lr is tuned for 2048-d ImageNet features; on these small
+128-d features a larger step fits better in 90 epochs (--config.optim.learning_rate=0.4: 0.943).
 """
 
 from configs import default
@@ -34,5 +35,4 @@ def get_config():
   config.train.epochs = 90
   config.train.log_every_seconds = 5.0
   config.train.checkpoint_every_steps = 10_000
-  config.aug.crop_area_min = 0.08  # Only used without precompute_features (crop + flip only).
   return config

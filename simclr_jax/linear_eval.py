@@ -25,13 +25,19 @@ exactly once. Weight decay follows the official `add_weight_decay` for 'momentum
 the loss over trainable non-BN weights (the paper's protocols use none: wd 0).
 
 Writes workdir/config.json (the merged config), checkpoints, TensorBoard scalars, results.json.
+With precompute_features the checkpoints hold the head only (the encoder is init_checkpoint's).
+
+Differences from the official code, on purpose: projection-head layers past ft_proj_selector are
+dropped (official keeps computing them, updating their BN statistics, though they feed nothing);
+with precompute_features and label_fraction < 1 on several processes, the subset is drawn from
+the gathered feature order, not the split's stored order (same balance, different examples).
 """
 
 import functools
 import json
 import os
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator
 
 from absl import logging
 from clu import metric_writers

@@ -79,7 +79,16 @@ def train_dataset(config: ml_collections.ConfigDict, *, process_index: int, proc
     keep[indices] = True
     local = tf.constant(keep[lo:hi])
     n = int(keep[lo:hi].sum())
-    src = src.enumerate().filter(lambda i, ex: tf.gather(local, i)).map(lambda i, ex: ex)
+
+    def kept(i, ex):
+      del ex
+      return tf.gather(local, i)
+
+    def drop_index(i, ex):
+      del i
+      return ex
+
+    src = src.enumerate().filter(kept).map(drop_index)
   if n < b:
     raise ValueError(f'config.train.batch_size={config.train.batch_size}: each of the '
                      f'{process_count} process(es) needs {b} labelled examples per batch but '
