@@ -39,7 +39,6 @@ import os
 import time
 from typing import Any, Callable, Iterator
 
-from absl import logging
 from clu import metric_writers
 from etils import epath
 import flax.linen as nn
@@ -55,6 +54,7 @@ from simclr_jax import evaluate
 from simclr_jax import losses
 from simclr_jax import models
 from simclr_jax import optim
+from simclr_jax import progress
 from simclr_jax import sharding
 from simclr_jax import steps
 from simclr_jax import validation
@@ -69,12 +69,6 @@ NUM_GROUPS = 4
 # Fields taken from the pretraining run: they define the architecture of the checkpoint.
 ARCHITECTURE_FIELDS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'proj_head_mode',
                        'proj_out_dim', 'num_proj_layers', 'batch_norm_decay', 'dtype')
-
-
-def _say(msg: str) -> None:
-  logging.info(msg)
-  if jax.process_index() == 0:
-    print(msg, flush=True)
 
 
 # ---- the model ----
@@ -229,7 +223,7 @@ def merged_config(config: ml_collections.ConfigDict,
       out.model[key] = type(config.model[key])(pre.model[key])
   if 'data' in pre and 'image_size' in pre.data:
     if pre.data.image_size != config.data.image_size:
-      _say(f'Using the pretraining run\'s image size {pre.data.image_size} (config had '
+      progress.say(f'Using the pretraining run\'s image size {pre.data.image_size} (config had '
            f'{config.data.image_size}).')
     out.data.image_size = int(pre.data.image_size)
   out.lock()
@@ -364,40 +358,25 @@ def _train(config, workdir, state, batches: Iterator, forward, labels, num_train
   if mngr.latest_step() is not None:
     state = checkpointing.restore(mngr, state)
     start = int(jax.device_get(state.step))
-    _say(f'Resumed from {workdir}/checkpoints at step {start}.')
+    progress.say(f'Resumed from {workdir}/checkpoints at step {start}.')
   step_fn = jax.jit(functools.partial(train_step, config=config, labels=labels, lr_fn=lr_fn,
                                       forward=forward), donate_argnums=(0,))
   batches = batches(start)
-  pending, last = [], {}
-  t_last = t_start = time.time()
-  step_last = start
+  report = progress.Reporter(
+      writer, total=total, start=start, batch_size=config.train.batch_size,
+      every_seconds=config.train.log_every_seconds, loss_key='supervised_loss', unit='ex/s',
+      describe=lambda m: (f'loss {m["supervised_loss"]:.4f} acc {m["supervised_acc"]:.3f} '
+                          f'lr {m["learning_rate"]:.4f}'))
   for step in range(start, total):
     state, metrics = step_fn(state, sharding.global_batch(next(batches), mesh))
-    pending.append(metrics)
+    report.step_done(step, metrics)
     is_last = step + 1 == total
-    now = time.time()
-    if is_last or now - t_last >= config.train.log_every_seconds or step == start:
-      fetched = jax.device_get(pending)
-      pending = []
-      last = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-      if not np.isfinite(last['supervised_loss']):
-        raise FloatingPointError(f'Loss became {last["supervised_loss"]} at step {step + 1}; '
-                                 'lower optim.learning_rate.')
-      done = step + 1
-      rate = (done - step_last) * config.train.batch_size / max(now - t_last, 1e-9)
-      eta = int((total - done) * (now - t_start) / max(done - start, 1))
-      writer.write_scalars(done, {f'train/{k}': v for k, v in last.items()})
-      _say(f'[{done:>{len(str(total))}}/{total}] loss {last["supervised_loss"]:.4f} '
-           f'acc {last["supervised_acc"]:.3f} lr {last["learning_rate"]:.4f} '
-           f'{rate:,.0f} ex/s ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}'
-           + (' (includes compilation)' if step == start else ''))
-      t_last, step_last = now, done
     if (step + 1) % config.train.checkpoint_every_steps == 0 or is_last:
       checkpointing.save(mngr, step + 1, state)
-  seconds = time.time() - t_start
+  seconds = report.seconds()
   mngr.wait_until_finished()
   mngr.close()
-  return state, last, seconds
+  return state, report.last, seconds
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -420,13 +399,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       workdir, just_logging=jax.process_index() != 0, asynchronous=False)
   linear = config.mode == 'linear_eval'
   precompute = linear and config.linear_eval.precompute_features
-  _say(f'{config.mode}: ResNet-{config.model.resnet_depth} x{config.model.width_multiplier} from '
-       f'{config.init_checkpoint} (step {init_step}); head on projection layer '
-       f'{config.model.ft_proj_selector}'
-       + ('' if linear else f', fine_tune_after_block {config.fine_tune_after_block}')
-       + f'; {info.name} {config.data.train_split} -> {config.data.eval_split}'
-       + (f', label_fraction {config.data.label_fraction}' if config.data.label_fraction < 1
-          else '') + ('; precomputed features' if precompute else '') + '.')
+  progress.say(
+      f'{config.mode}: ResNet-{config.model.resnet_depth} x{config.model.width_multiplier} from '
+      f'{config.init_checkpoint} (step {init_step}); head on projection layer '
+      f'{config.model.ft_proj_selector}'
+      + ('' if linear else f', fine_tune_after_block {config.fine_tune_after_block}')
+      + f'; {info.name} {config.data.train_split} -> {config.data.eval_split}'
+      + (f', label_fraction {config.data.label_fraction}' if config.data.label_fraction < 1
+         else '') + ('; precomputed features' if precompute else '') + '.')
 
   variables = init_variables(model, restore_pretrained(config.init_checkpoint, init_step, mesh),
                              config, mesh)
@@ -436,7 +416,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     t = time.time()
     xtr, ytr = evaluate.extract(config, config.data.train_split, info.num_train, mesh, embed)
     xte, yte = evaluate.extract(config, config.data.eval_split, info.num_eval, mesh, embed)
-    _say(f'Extracted frozen features: train {xtr.shape}, eval {xte.shape} in '
+    progress.say(f'Extracted frozen features: train {xtr.shape}, eval {xte.shape} in '
          f'{time.time() - t:.0f} s.')
     if config.data.label_fraction < 1:
       keep = supervised.label_subset(ytr, config.data.label_fraction)
@@ -460,7 +440,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   labels = trainable_labels(params, config)
   n_train = sum(int(np.prod(x.shape)) for x, l in zip(jax.tree.leaves(params),
                                                        jax.tree.leaves(labels)) if l == 'train')
-  _say(f'{n_train:,} trainable parameters; {num_train} labelled examples; global batch '
+  progress.say(f'{n_train:,} trainable parameters; {num_train} labelled examples; global batch '
        f'{config.train.batch_size}; {optim.total_steps(config, num_train)} steps.')
   state = steps.TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
                                   tx=create_optimizer(config, num_train, params))
@@ -495,7 +475,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   }
   if jax.process_index() == 0:
     (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-  _say(format_table(results))
+  progress.say(format_table(results))
   return results
 
 

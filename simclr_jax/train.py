@@ -13,7 +13,6 @@ import json
 import time
 from typing import Any, Callable
 
-from absl import logging
 from clu import metric_writers
 from clu import parameter_overview
 from etils import epath
@@ -27,6 +26,7 @@ from simclr_jax import knn
 from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import plots
+from simclr_jax import progress
 from simclr_jax import sharding
 from simclr_jax import steps
 from simclr_jax import validation
@@ -34,18 +34,6 @@ from simclr_jax.data import input_pipeline
 
 RESULTS_FILE = 'results.json'
 EMBEDDINGS_FILE = 'embeddings.png'
-
-
-def _say(msg: str) -> None:
-  """Progress goes to stdout on process 0 (and to the absl log everywhere)."""
-  logging.info(msg)
-  if jax.process_index() == 0:
-    print(msg, flush=True)
-
-
-def _format_eta(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
 
 
 def make_init_fn(config: ml_collections.ConfigDict, model, tx, mesh
@@ -88,11 +76,11 @@ def pretrain(config, workdir, info, mesh, init_fn, writer, eval_fn=None):
   if mngr.latest_step() is not None:
     state = checkpointing.restore(mngr, state)
     start = int(jax.device_get(state.step))
-    _say(f'Resumed from {workdir}/checkpoints at step {start}.')
+    progress.say(f'Resumed from {workdir}/checkpoints at step {start}.')
   else:
     parameter_overview.log_parameter_overview(state.params)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-  _say(f'Model: ResNet-{config.model.resnet_depth} x{config.model.width_multiplier} '
+  progress.say(f'Model: ResNet-{config.model.resnet_depth} x{config.model.width_multiplier} '
        f'(sk_ratio {config.model.sk_ratio}), {n_params:,} parameters; {mesh.size} device(s), '
        f'{jax.process_count()} process(es); global batch {config.train.batch_size}; '
        f'{total} steps ({info.num_train} examples).')
@@ -105,44 +93,27 @@ def pretrain(config, workdir, info, mesh, init_fn, writer, eval_fn=None):
       start_step=start).as_numpy_iterator())
 
   every = eval_every_steps(config, info.num_train) if eval_fn is not None else 0
-  pending, last, seconds = [], {}, 0.0
-  t_last = t_start = time.time()
-  step_last = start
+  report = progress.Reporter(
+      writer, total=total, start=start, batch_size=config.train.batch_size,
+      every_seconds=config.train.log_every_seconds, loss_key='total_loss',
+      describe=lambda m: (f'loss {m["contrast_loss"]:.4f} contrast_acc {m["contrast_acc"]:.3f} '
+                          + (f'probe_acc {m["supervised_acc"]:.3f} ' if 'supervised_acc' in m
+                             else '') + f'lr {m["learning_rate"]:.4f}'))
   for step in range(start, total):
     batch = sharding.global_batch(next(data), mesh)
     state, metrics = train_step(state, batch)
-    pending.append(metrics)
+    report.step_done(step, metrics)
     is_last = step + 1 == total
-    now = time.time()
-    if is_last or now - t_last >= config.train.log_every_seconds or step == start:
-      fetched = jax.device_get(pending)
-      pending = []
-      last = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-      if not np.isfinite(last['total_loss']):
-        raise FloatingPointError(f'Loss became {last["total_loss"]} at step {step + 1}; '
-                                 'lower optim.learning_rate or check the data.')
-      done = step + 1
-      rate = (done - step_last) * config.train.batch_size / max(now - t_last, 1e-9)
-      eta = (total - done) * (now - t_start) / max(done - start, 1)
-      last['images_per_sec'] = rate if step != start else 0.0
-      writer.write_scalars(done, {f'train/{k}': v for k, v in last.items()})
-      _say(f'[{done:>{len(str(total))}}/{total}] loss {last["contrast_loss"]:.4f} '
-           f'contrast_acc {last["contrast_acc"]:.3f} '
-           + (f'probe_acc {last["supervised_acc"]:.3f} ' if 'supervised_acc' in last else '')
-           + f'lr {last["learning_rate"]:.4f} {rate:,.0f} img/s ETA {_format_eta(eta)}'
-           + (' (includes compilation)' if step == start else ''))
-      t_last, step_last = now, done
     if (step + 1) % config.train.checkpoint_every_steps == 0 or is_last:
       checkpointing.save(mngr, step + 1, state)
     if every and (step + 1) % every == 0 and not is_last:
       t_eval = time.time()
       eval_fn(state, step + 1)
-      spent = time.time() - t_eval
-      t_last, t_start = t_last + spent, t_start + spent
-  seconds = time.time() - t_start
+      report.exclude(time.time() - t_eval)
+  seconds = report.seconds()
   mngr.wait_until_finished()
   mngr.close()
-  return state, last, seconds
+  return state, report.last, seconds
 
 
 def monitor(config, info, mesh, outputs_fn, variables) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -175,7 +146,7 @@ def log_eval(writer, step: int, metrics: dict[str, Any], k: int) -> None:
   probe = (f'online probe top-1 {metrics["online_probe_top1"]:.4f} '
            f'top-5 {metrics["online_probe_top5"]:.4f}, '
            if 'online_probe_top1' in metrics else '')
-  _say(f'[eval @ step {step}] {probe}kNN (k={k}) top-1 {metrics["knn_top1"]:.4f} '
+  progress.say(f'[eval @ step {step}] {probe}kNN (k={k}) top-1 {metrics["knn_top1"]:.4f} '
        f'top-5 {metrics["knn_top5"]:.4f} on {metrics["examples_evaluated"]} examples')
 
 
@@ -231,7 +202,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   state, last, train_seconds = pretrain(config, workdir, info, mesh, init_fn, writer, eval_fn)
   step = int(jax.device_get(state.step))
-  _say('Pretraining done; evaluating the online probe, kNN and linear probes on frozen features...')
+  progress.say('Pretraining done; evaluating the online probe, kNN and linear probes on frozen '
+               'features...')
   features = eval_fn(state, step)
   final = history[-1]
   probes, nbrs = evaluate_representations(config, info, mesh, init_fn, outputs_fn, features)
@@ -258,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           title=f'SimCLR encoder features, {info.name} {config.data.eval_split} split, '
                 f'step {step} (PCA)',
           max_points=config.eval.embedding_plot_points, seed=config.seed)
-  _say(format_table(results))
+  progress.say(format_table(results))
   return results
 
 
