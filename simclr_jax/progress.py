@@ -26,7 +26,8 @@ def format_eta(seconds: float) -> str:
 
 
 class Reporter:
-  """`step_done(step, metrics)` after each step; `last` holds the latest averaged metrics."""
+  """`step_done(step, metrics)` after each step; `last` holds the latest metrics, averaged over
+  the steps since the previous report (the learning rate is the latest step's)."""
 
   def __init__(self, writer, *, total: int, start: int, batch_size: int, every_seconds: float,
                loss_key: str, describe: Callable[[dict[str, float]], str], unit: str = 'img/s'):
@@ -49,6 +50,8 @@ class Reporter:
     fetched = jax.device_get(self.pending)
     self.pending = []
     last = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    if 'learning_rate' in last:  # A schedule value, not a sample: report the current one.
+      last['learning_rate'] = float(fetched[-1]['learning_rate'])
     if not np.isfinite(last[self.loss_key]):
       raise FloatingPointError(f'{self.loss_key} became {last[self.loss_key]} at step {done}; '
                                'lower optim.learning_rate or check the data.')

@@ -1,0 +1,47 @@
+"""The progress reporter: averages metrics between reports, reports the current learning rate,
+writes scalars, and stops on a non-finite loss."""
+
+import numpy as np
+import pytest
+
+from simclr_jax import progress
+
+
+class _Writer:
+  def __init__(self):
+    self.rows = []
+
+  def write_scalars(self, step, scalars):
+    self.rows.append((step, scalars))
+
+
+def _metrics(loss, lr):
+  return {'loss': np.float32(loss), 'learning_rate': np.float32(lr)}
+
+
+def test_reports_first_and_last_step_with_means_and_current_lr(capsys):
+  w = _Writer()
+  r = progress.Reporter(w, total=4, start=0, batch_size=8, every_seconds=1e9, loss_key='loss',
+                        describe=lambda m: f'loss {m["loss"]:.2f} lr {m["learning_rate"]:.2f}')
+  for step, (loss, lr) in enumerate([(4.0, 0.0), (3.0, 0.1), (2.0, 0.2), (1.0, 0.3)]):
+    r.step_done(step, _metrics(loss, lr))
+  assert [s for s, _ in w.rows] == [1, 4]  # First step (compilation) and the last.
+  last = w.rows[-1][1]
+  assert last['train/loss'] == pytest.approx(2.0)  # Mean of steps 2..4.
+  assert last['train/learning_rate'] == pytest.approx(0.3)  # The current value, not the mean.
+  out = capsys.readouterr().out.splitlines()
+  assert out[0].startswith('[1/4] loss 4.00') and out[0].endswith('(includes compilation)')
+  assert out[1].startswith('[4/4] loss 2.00 lr 0.30')
+
+
+def test_non_finite_loss_stops_with_the_step():
+  r = progress.Reporter(_Writer(), total=3, start=0, batch_size=8, every_seconds=0.0,
+                        loss_key='loss', describe=str)
+  r.step_done(0, _metrics(1.0, 0.1))
+  with pytest.raises(FloatingPointError, match='at step 2'):
+    r.step_done(1, _metrics(np.nan, 0.1))
+
+
+def test_format_eta():
+  assert progress.format_eta(3725.9) == '1:02:05'
+  assert progress.format_eta(-3) == '0:00:00'
