@@ -18,3 +18,10 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 def _hide_accelerators_from_tf():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
+
+
+@pytest.fixture(scope='session')
+def tfds_dir(tmp_path_factory):
+  """A prepared TFDS data_dir holding tests/tiny_tfds.py's `simclr_tiny_shapes`."""
+  import tiny_tfds  # pylint: disable=g-import-not-at-top
+  return tiny_tfds.prepare(str(tmp_path_factory.mktemp('tfds')))

@@ -1,7 +1,7 @@
 """Tests of simclr_jax.data.input_pipeline on the embedded set and on a real on-disk TFDS data set.
 
-The TFDS data set is built here, offline, by a small GeneratorBasedBuilder (`SimclrTinyShapes`,
-registered by being defined) with download_and_prepare() into a temporary data_dir: the same
+The TFDS data set is built offline by a small GeneratorBasedBuilder (`SimclrTinyShapes` in
+tests/tiny_tfds.py; conftest's `tfds_dir` fixture) with download_and_prepare() into a temporary data_dir: the same
 TFRecord + dataset_info.json format that `tfds build cifar10` writes, read back through
 tfds.builder(name, data_dir=...). Its images have varying sizes and carry their own identity:
 red = 4 * id + 1 and green = 40 * label + 3 everywhere (blue is texture), and bicubic resizing
@@ -23,44 +23,8 @@ from configs import default
 from simclr_jax.data import embedded
 from simclr_jax.data import input_pipeline
 
-N_TRAIN, N_TEST, N_CLASSES = 37, 23, 5
-
-
-def _tiny_example(i, salt):
-  h, w = 9 + (5 * i) % 13, 10 + (7 * i) % 11
-  blue = np.random.RandomState(1000 * salt + i).randint(0, 256, (h, w))
-  img = np.stack([np.full((h, w), 4 * i + 1), np.full((h, w), 40 * (i % N_CLASSES) + 3), blue], -1)
-  return img.astype(np.uint8), i % N_CLASSES
-
-
-class SimclrTinyShapes(tfds.core.GeneratorBasedBuilder):
-  """37 train / 23 test RGB images of sizes 9..21 x 10..20, 5 classes."""
-  VERSION = tfds.core.Version('1.0.0')
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3)),
-            'label': tfds.features.ClassLabel(num_classes=N_CLASSES)}),
-        supervised_keys=('image', 'label'))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download.
-    return {'train': self._generate_examples(N_TRAIN, 0), 'test': self._generate_examples(N_TEST, 1)}
-
-  def _generate_examples(self, n, salt):
-    for i in range(n):
-      image, label = _tiny_example(i, salt)
-      yield i, {'image': image, 'label': label}
-
-
-@pytest.fixture(scope='module')
-def tfds_dir(tmp_path_factory):
-  data_dir = tmp_path_factory.mktemp('tfds')
-  builder = tfds.builder('simclr_tiny_shapes', data_dir=str(data_dir))
-  builder.download_and_prepare(download_dir=str(data_dir / 'downloads'))
-  return str(data_dir)
+import tiny_tfds  # pylint: disable=g-bad-import-order
+from tiny_tfds import N_CLASSES, N_TEST, N_TRAIN  # pylint: disable=g-bad-import-order
 
 
 def _config(dataset='embedded_mnist', data_dir=None, *, batch=8, size=8, aug=True, seed=0):
@@ -84,14 +48,6 @@ def _config(dataset='embedded_mnist', data_dir=None, *, batch=8, size=8, aug=Tru
 
 def _take(ds, k):
   return list(ds.take(k).as_numpy_iterator())
-
-
-def _tiny_ids(views):
-  """Example ids of [..., H, W, 3] uint8 views of SimclrTinyShapes (red = 4 id + 1)."""
-  red = views[..., 0].reshape(views.shape[:-3] + (views.shape[-3] * views.shape[-2],))
-  assert np.all(red == red[..., :1]), 'red channel is constant in every view'
-  assert np.all((red[..., 0] - 1) % 4 == 0)
-  return (red[..., 0].astype(int) - 1) // 4
 
 
 # ---- get_info ----
@@ -139,7 +95,7 @@ def test_tfds_process_shares_disjoint_and_cover(tfds_dir, pc):
   seen = []
   for pi in range(pc):
     views, labels = _first_epoch(c, pi, pc)
-    ids = _tiny_ids(views)
+    ids = tiny_tfds.ids_of(views)
     np.testing.assert_array_equal(ids[:, 0], ids[:, 1])
     np.testing.assert_array_equal(labels, ids[:, 0] % N_CLASSES)  # Label travels with its image.
     assert len(set(ids[:, 0])) == len(ids), 'no example twice within one epoch of one process'
@@ -208,7 +164,7 @@ def test_resume_matches_uninterrupted_stream_across_epochs(tfds_dir, pi, pc):
   plain = _config('simclr_tiny_shapes', tfds_dir, batch=b * pc, aug=False)
   plain_batches = _take(input_pipeline.train_dataset(plain, process_index=pi, process_count=pc),
                         steps)
-  ids = np.concatenate([_tiny_ids(x['views'][:, 0]) for x in plain_batches])
+  ids = np.concatenate([tiny_tfds.ids_of(x['views'][:, 0]) for x in plain_batches])
   for x, y in zip(plain_batches, full):
     np.testing.assert_array_equal(x['label'], y['label'])
   # Epochs are permutations of the share, reshuffled between epochs.
@@ -245,7 +201,7 @@ def test_eval_batches_cover_tfds_split_once(tfds_dir, pc, global_batch, pass_num
       k = int(x['mask'].sum())
       np.testing.assert_array_equal(x['mask'], np.arange(b) < k)  # Real examples first.
       assert np.all(x['image'][k:] == 0) and np.all(x['label'][k:] == 0)
-      got = _tiny_ids(x['image'][:k])
+      got = tiny_tfds.ids_of(x['image'][:k])
       np.testing.assert_array_equal(x['label'][:k], got % N_CLASSES)
       ids.extend(got)
   assert len(set(counts)) == 1, f'processes disagree on the batch count: {counts}'
@@ -274,7 +230,7 @@ def test_eval_center_crop_on_tfds_images(tfds_dir):
   c = _config('simclr_tiny_shapes', tfds_dir, size=40)
   x = next(input_pipeline.eval_batches(c, 'test', global_batch=4, process_index=0, process_count=1))
   assert x['image'].shape == (4, 40, 40, 3)
-  _tiny_ids(x['image'])
+  tiny_tfds.ids_of(x['image'])
 
 
 # ---- errors ----

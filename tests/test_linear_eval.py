@@ -2,7 +2,7 @@
 
 References: the pretraining checkpoint itself (frozen parts must come back bitwise identical),
 the definition of freezing (zero gradients, unchanged BN statistics), the label arithmetic of a
-class-balanced subset, and the identity-carrying TFDS set of test_input_pipeline (red = 4 id + 1).
+class-balanced subset, and the identity-carrying TFDS set of tests/tiny_tfds.py (red = 4 id + 1).
 """
 
 import functools
@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from configs import cifar10_r18
 from configs import cifar10_r50
@@ -32,7 +31,7 @@ from simclr_jax import sharding
 from simclr_jax import train
 from simclr_jax import validation
 from simclr_jax.data import supervised
-import test_input_pipeline  # pylint: disable=g-bad-import-order  (registers simclr_tiny_shapes)
+import tiny_tfds  # pylint: disable=g-bad-import-order
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,14 +48,6 @@ def pretrained(tmp_path_factory):
   config.eval.embedding_plot_points = 0
   train.train_and_evaluate(config, workdir)
   return workdir
-
-
-@pytest.fixture(scope='module')
-def tfds_dir(tmp_path_factory):
-  data_dir = tmp_path_factory.mktemp('tfds')
-  builder = tfds.builder('simclr_tiny_shapes', data_dir=str(data_dir))
-  builder.download_and_prepare(download_dir=str(data_dir / 'downloads'))
-  return str(data_dir)
 
 
 def _job_config(init_checkpoint, mode='linear_eval', **train):
@@ -139,7 +130,7 @@ def test_finetune_on_tfds_freezes_up_to_block_and_uses_label_fraction(pretrained
   results = linear_eval.run(config, workdir)
   # Classes of 8, 8, 7, 7, 7 examples keep round(0.6 n): 5 + 5 + 4 + 4 + 4.
   assert results['num_train'] == 22
-  assert results['num_eval'] == test_input_pipeline.N_TEST
+  assert results['num_eval'] == tiny_tfds.N_TEST
   before, after = _restore(pretrained, 4), _restore(workdir, 3)
   for coll in ('params', 'batch_stats'):
     b, a = before[coll]['encoder'], after[coll]['encoder']
@@ -225,10 +216,10 @@ def test_labelled_stream_holds_exactly_the_kept_examples(tfds_dir):
   assert len(idx) == 20  # Classes of 8, 8, 7, 7, 7 keep round(0.5 n) = 4 each.
   ds = supervised.train_dataset(config, process_index=0, process_count=1, indices=idx)
   batches = list(ds.take(3 * 20 // 6).as_numpy_iterator())  # Three epochs.
-  ids = np.concatenate([test_input_pipeline._tiny_ids(b['image'])  # pylint: disable=protected-access
+  ids = np.concatenate([tiny_tfds.ids_of(b['image'])
                         for b in batches])
   labels = np.concatenate([b['label'] for b in batches])
-  np.testing.assert_array_equal(labels, ids % test_input_pipeline.N_CLASSES)
+  np.testing.assert_array_equal(labels, ids % tiny_tfds.N_CLASSES)
   assert len(set(ids[:20])) == 20  # Epoch 1 holds each kept example once...
   assert set(ids) == set(ids[:20])  # ...and later epochs the same ones.
   np.testing.assert_array_equal(np.bincount(ids[:20] % 5), [4] * 5)

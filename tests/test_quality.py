@@ -16,7 +16,6 @@ Another seed: SIMCLR_QUALITY_SEED=1 python -m pytest tests/test_quality.py -q -s
 
 import os
 
-import pytest
 
 from configs import test as test_config
 from simclr_jax import train

@@ -116,3 +116,22 @@ def test_rerun_resumes_from_latest_checkpoint(trained, tmp_path, capsys):
   assert results['knn']['simclr']['num_train'] == 4000  # The whole train split is the bank.
   assert results['linear_probe']['simclr']['num_train'] == 4000
   assert set(_scalars(workdir, 'eval/knn_top1')) == {6, 7, 8}
+
+
+def test_pretrain_end_to_end_on_a_tfds_dataset(tfds_dir, tmp_path):
+  """The same job on a real on-disk TFDS set (varying image sizes, 5 classes, 23 test images that
+  no batch size divides): every eval example is scored once, and the results file says so."""
+  config = test_config.get_config()
+  config.data.dataset = 'simclr_tiny_shapes'
+  config.data.data_dir = tfds_dir
+  config.train.batch_size = 16
+  config.train.steps = 3
+  config.eval.batch_size = 16
+  config.eval.knn_k = 10
+  config.eval.probe_steps = 20
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['dataset'] == 'simclr_tiny_shapes'
+  assert results['examples_evaluated'] == 23
+  assert results['linear_probe']['simclr']['num_train'] == 37
+  assert results['linear_probe']['raw_pixels']['num_eval'] == 23
+  assert np.isfinite(results['final_train_metrics']['contrast_loss'])
