@@ -169,22 +169,8 @@ def train_dataset(config: ml_collections.ConfigDict, *, process_index: int, proc
   d = config.data
   b = per_process_batch(config.train.batch_size, process_count)
   src, n, _ = source(config, d.train_split, process_index, process_count)
-  if n < b:
-    raise ValueError(f'config.train.batch_size={config.train.batch_size}: each of the '
-                     f'{process_count} process(es) needs {b} examples per batch but holds {n}.')
-  if d.cache:
-    src = src.cache()
-  first = start_step * b
-  first_epoch = first // n
-  seed = config.seed
-
-  def epoch(e):
-    return _stateless_shuffle(src, min(d.shuffle_buffer, n),
-                              [seed * _SHUFFLE_SALT + process_index, e])
-
-  ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
-  ds = ds.skip(first - first_epoch * n)
-  ds = ds.enumerate(start=first)
+  ds = indexed_stream(config, src, n, b=b, process_index=process_index,
+                      process_count=process_count, start_step=start_step)
   views_fn = make_views_fn(config, process_index)
 
   def two_views(t, ex):
@@ -193,6 +179,29 @@ def train_dataset(config: ml_collections.ConfigDict, *, process_index: int, proc
   ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(b, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def indexed_stream(config: ml_collections.ConfigDict, src: tf.data.Dataset, n: int, *, b: int,
+                   process_index: int, process_count: int, start_step: int,
+                   shuffle_salt: int = _SHUFFLE_SALT) -> tf.data.Dataset:
+  """Endless (t, example) stream of one process's share `src` (n examples), from element
+  start_step * b: epoch e is `src` shuffled with seed (seed, process, e), and t counts elements
+  from step 0 (it seeds the augmentation), so a resumed stream equals the uninterrupted one."""
+  d = config.data
+  if n < b:
+    raise ValueError(f'config.train.batch_size={config.train.batch_size}: each of the '
+                     f'{process_count} process(es) needs {b} examples per batch but holds {n}.')
+  if d.cache:
+    src = src.cache()
+  first = start_step * b
+  first_epoch = first // n
+  salt = config.seed * shuffle_salt + process_index
+
+  def epoch(e):
+    return _stateless_shuffle(src, min(d.shuffle_buffer, n), [salt, e])
+
+  ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
+  return ds.skip(first - first_epoch * n).enumerate(start=first)
 
 
 def _stateless_shuffle(ds: tf.data.Dataset, block: int, seed) -> tf.data.Dataset:

@@ -89,22 +89,10 @@ def train_dataset(config: ml_collections.ConfigDict, *, process_index: int, proc
       return ex
 
     src = src.enumerate().filter(kept).map(drop_index)
-  if n < b:
-    raise ValueError(f'config.train.batch_size={config.train.batch_size}: each of the '
-                     f'{process_count} process(es) needs {b} labelled examples per batch but '
-                     f'holds {n}.')
-  if d.cache:
-    src = src.cache()
-  first = start_step * b
-  first_epoch = first // n
+  ds = input_pipeline.indexed_stream(config, src, n, b=b, process_index=process_index,
+                                     process_count=process_count, start_step=start_step,
+                                     shuffle_salt=_SHUFFLE_SALT)
   seed = config.seed
-
-  def epoch(e):
-    return input_pipeline._stateless_shuffle(  # pylint: disable=protected-access
-        src, min(d.shuffle_buffer, n), [seed * _SHUFFLE_SALT + process_index, e])
-
-  ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
-  ds = ds.skip(first - first_epoch * n).enumerate(start=first)
 
   def view(t, ex):
     s = tf.stack([tf.constant(seed * _AUG_SALT + process_index, tf.int64), tf.cast(t, tf.int64)])
