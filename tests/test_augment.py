@@ -416,3 +416,12 @@ def test_strong_jitter_does_not_crash():
     out = augment.color_jitter(tf.constant(IMG), s, _seed(1)).numpy()
     assert out.min() >= 0 and out.max() <= 1
 
+
+
+def test_preprocess_for_train_without_seed_draws_fresh_views():
+  """The issue's public signature has no seed: without one, each call is a new random view."""
+  image = tf.constant(np.random.RandomState(0).randint(0, 256, (40, 48, 3)), tf.uint8)
+  a = augment.preprocess_for_train(image, 24, 24, use_blur=False)
+  b = augment.preprocess_for_train(image, 24, 24, use_blur=False)
+  assert a.shape == (24, 24, 3) and a.dtype == tf.float32
+  assert not np.array_equal(a.numpy(), b.numpy())

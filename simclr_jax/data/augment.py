@@ -124,12 +124,15 @@ def random_blur(image, height, seed, p=0.5):
                        s_apply)
 
 
-def preprocess_for_train(image, height, width, *, seed, color_jitter_strength=1.0, use_blur=True,
-                         crop=True, flip=True, impl='simclrv2', area_min=0.08):
+def preprocess_for_train(image, height, width, *, color_jitter_strength=1.0, use_blur=True,
+                         crop=True, flip=True, impl='simclrv2', area_min=0.08, seed=None):
   """One training view. image: [h, w, 3] uint8 or float; returns float32 [height, width, 3] in [0,1].
 
-  `seed`: [2] integer tensor; the same seed gives the same view.
+  `seed`: [2] integer tensor; the same seed gives the same view. None draws one from TF's global
+  generator (convenient interactively, not reproducible; the pipelines always pass seeds).
   """
+  if seed is None:
+    seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
   s_crop, s_flip, s_color, s_blur = _split(seed, 4)
   image = to_float(image)
   if crop:
