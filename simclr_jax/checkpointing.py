@@ -41,6 +41,14 @@ def restore(mngr: ocp.CheckpointManager, target: Any, step: Optional[int] = None
   return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
+def restore_latest(mngr: ocp.CheckpointManager, state: Any) -> tuple[Any, int]:
+  """(state restored from the latest checkpoint, its step), or (state, 0) if there is none."""
+  if mngr.latest_step() is None:
+    return state, 0
+  state = restore(mngr, state)
+  return state, int(jax.device_get(state.step))
+
+
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   if jax.process_index() != 0:
     return

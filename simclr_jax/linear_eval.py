@@ -74,31 +74,6 @@ ARCHITECTURE_FIELDS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'proj_hea
 # ---- the model ----
 
 
-class ProjectionPrefix(nn.Module):
-  """Layers 1..`keep` of the projection head g, with g's parameter names (nl_j / linear)."""
-  mode: str
-  out_dim: int
-  num_layers: int
-  keep: int
-  bn_momentum: float = 0.9
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, h, train: bool):
-    x = h
-    if self.mode == 'linear' and self.keep:
-      x = heads.LinearLayer(self.out_dim, False, True, self.bn_momentum, self.dtype,
-                            name='linear')(x, train)
-    elif self.mode == 'nonlinear':
-      for j in range(self.keep):
-        last = j == self.num_layers - 1
-        x = heads.LinearLayer(self.out_dim if last else h.shape[-1], use_bias=not last,
-                              use_bn=True, bn_momentum=self.bn_momentum, dtype=self.dtype,
-                              name=f'nl_{j}')(x, train)
-        x = x if last else nn.relu(x)
-    return x.astype(jnp.float32)
-
-
 class Classifier(nn.Module):
   """images [B,H,W,3] float in [0,1] -> {'head_input': [B, D], 'logits': [B, num_classes]}.
 
@@ -113,7 +88,7 @@ class Classifier(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool = False):
     body_train = train and not self.linear
-    x = self.proj_head(self.encoder(images, train=body_train), train=body_train)
+    x, _ = self.proj_head(self.encoder(images, train=body_train), train=body_train)
     if self.linear:
       x = jax.lax.stop_gradient(x)
     logits = heads.SupervisedHead(self.num_classes, self.zero_init, name='head_supervised')(x)
@@ -136,8 +111,9 @@ def build_classifier(config: ml_collections.ConfigDict, num_classes: int) -> Cla
   if not linear:
     encoder = encoder.clone(fine_tune_after_block=config.fine_tune_after_block)
   keep = m.ft_proj_selector % num_proj_hiddens(m)
-  proj = ProjectionPrefix(m.proj_head_mode, m.proj_out_dim, m.num_proj_layers, keep,
-                          m.batch_norm_decay, dtype)
+  proj = heads.ProjectionHead(mode=m.proj_head_mode, out_dim=m.proj_out_dim,
+                              num_layers=m.num_proj_layers, bn_momentum=m.batch_norm_decay,
+                              dtype=dtype, keep_layers=keep)  # Its z is hiddens[keep].
   return Classifier(encoder, proj, num_classes, config.zero_init_logits_layer, linear)
 
 
@@ -354,10 +330,8 @@ def _train(config, workdir, state, batches: Iterator, forward, labels, num_train
   total = optim.total_steps(config, num_train)
   lr_fn = optim.create_learning_rate_fn(config, num_train)
   mngr = checkpointing.manager(workdir, keep=config.train.keep_checkpoints)
-  start = 0
-  if mngr.latest_step() is not None:
-    state = checkpointing.restore(mngr, state)
-    start = int(jax.device_get(state.step))
+  state, start = checkpointing.restore_latest(mngr, state)
+  if start:
     progress.say(f'Resumed from {workdir}/checkpoints at step {start}.')
   step_fn = jax.jit(functools.partial(train_step, config=config, labels=labels, lr_fn=lr_fn,
                                       forward=forward), donate_argnums=(0,))

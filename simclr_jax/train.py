@@ -72,10 +72,8 @@ def pretrain(config, workdir, info, mesh, init_fn, writer, eval_fn=None):
   total = optim.total_steps(config, info.num_train)
   state = init_fn()
   mngr = checkpointing.manager(workdir, keep=config.train.keep_checkpoints)
-  start = 0
-  if mngr.latest_step() is not None:
-    state = checkpointing.restore(mngr, state)
-    start = int(jax.device_get(state.step))
+  state, start = checkpointing.restore_latest(mngr, state)
+  if start:
     progress.say(f'Resumed from {workdir}/checkpoints at step {start}.')
   else:
     parameter_overview.log_parameter_overview(state.params)

@@ -6,7 +6,7 @@ has no centre. The official TF2 code crashes for proj_head_mode 'linear' and 'no
 here they do what the flag promises.
 """
 
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -42,6 +42,8 @@ class ProjectionHead(nn.Module):
   hiddens[0] is the encoder output h; each layer appends its output. 'nonlinear' with L layers:
   L-1 hidden layers of width dim(h) (Dense, BN, ReLU) and an output layer (Dense, BN without
   centre) of `out_dim`. 'linear' is that output layer alone; 'none' is the identity.
+  `keep_layers` builds only the first k layers (fine-tuning drops those past ft_proj_selector,
+  which feed nothing); parameter names do not change.
   """
   mode: str = 'nonlinear'
   out_dim: int = 128
@@ -49,15 +51,17 @@ class ProjectionHead(nn.Module):
   ft_proj_selector: int = 0
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
+  keep_layers: Optional[int] = None
 
   @nn.compact
   def __call__(self, h, train: bool):
     hiddens = [h]
-    if self.mode == 'linear':
+    keep = self.num_layers if self.keep_layers is None else self.keep_layers
+    if self.mode == 'linear' and keep > 0:
       hiddens.append(LinearLayer(self.out_dim, False, True, self.bn_momentum, self.dtype,
                                  name='linear')(h, train))
     elif self.mode == 'nonlinear':
-      for j in range(self.num_layers):
+      for j in range(min(keep, self.num_layers)):
         last = j == self.num_layers - 1
         x = LinearLayer(self.out_dim if last else h.shape[-1], use_bias=not last, use_bn=True,
                         bn_momentum=self.bn_momentum, dtype=self.dtype,
