@@ -102,6 +102,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.knn_chunk_size = 1024  # Queries per kNN chunk (bounds memory at chunk x train-split size).
   config.eval.embedding_plot_points = 1000  # Eval-split points in workdir/embeddings.png (0 = no plot).
 
+  # ---- hardware: what the config is written for (simclr_jax.plan; MFU in progress lines) ----
+  config.hardware = ml_collections.ConfigDict()
+  # Key of simclr_jax.chips.CHIPS ('cpu', 'tpu_v3', 'tpu_v4', 'tpu_v5e', 'tpu_v5p', 'tpu_v6e',
+  # 'a100', 'h100', 'h200'): HBM and bf16 peak for the compile-only plan.
+  config.hardware.chip = 'cpu'
+  config.hardware.num_devices = 2  # Devices (JAX devices: TPU cores / GPUs) the plan compiles for.
+
   # ---- linear_eval: the standalone linear-evaluation / fine-tuning job (simclr_jax/linear_eval.py) ----
   config.linear_eval = ml_collections.ConfigDict()
   config.linear_eval.precompute_features = False  # Train the head on frozen features extracted once (no aug).
