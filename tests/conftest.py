@@ -25,3 +25,10 @@ def tfds_dir(tmp_path_factory):
   """A prepared TFDS data_dir holding tests/tiny_tfds.py's `simclr_tiny_shapes`."""
   import tiny_tfds  # pylint: disable=g-import-not-at-top
   return tiny_tfds.prepare(str(tmp_path_factory.mktemp('tfds')))
+
+
+@pytest.fixture(scope='session')
+def tfds_files_dir(tmp_path_factory):
+  """The same data set written as 4 files per split (file-sharded, file-shuffled reading)."""
+  import tiny_tfds  # pylint: disable=g-import-not-at-top
+  return tiny_tfds.prepare(str(tmp_path_factory.mktemp('tfds_files')), num_shards=4)

@@ -76,34 +76,7 @@ def test_train_batch_shapes_and_dtypes(source, tfds_dir):
   assert not np.array_equal(batch['views'][:, 0], batch['views'][:, 1])  # Two different views.
 
 
-# ---- multi-host: disjoint shares that cover the split ----
-
-
-def _first_epoch(c, pi, pc):
-  """This process's first epoch (its whole share, in stream order): views [n, 2, ...], labels."""
-  b = c.train.batch_size // pc
-  _, n, _ = input_pipeline.source(c, c.data.train_split, pi, pc)
-  batches = _take(input_pipeline.train_dataset(c, process_index=pi, process_count=pc), -(-n // b))
-  views = np.concatenate([x['views'] for x in batches])[:n]
-  labels = np.concatenate([x['label'] for x in batches])[:n]
-  return views, labels
-
-
-@pytest.mark.parametrize('pc', [2, 5])
-def test_tfds_process_shares_disjoint_and_cover(tfds_dir, pc):
-  c = _config('simclr_tiny_shapes', tfds_dir, batch=pc * 4, aug=False)
-  seen = []
-  for pi in range(pc):
-    views, labels = _first_epoch(c, pi, pc)
-    ids = tiny_tfds.ids_of(views)
-    np.testing.assert_array_equal(ids[:, 0], ids[:, 1])
-    np.testing.assert_array_equal(labels, ids[:, 0] % N_CLASSES)  # Label travels with its image.
-    assert len(set(ids[:, 0])) == len(ids), 'no example twice within one epoch of one process'
-    lo, hi = N_TRAIN * pi // pc, N_TRAIN * (pi + 1) // pc
-    assert len(ids) == hi - lo
-    seen.append(set(ids[:, 0]))
-  assert sum(len(s) for s in seen) == N_TRAIN
-  assert set().union(*seen) == set(range(N_TRAIN))  # Disjoint (sizes add up) and complete.
+# ---- in-memory splits: one global order, any number of processes ----
 
 
 @functools.lru_cache(maxsize=None)
@@ -114,29 +87,115 @@ def _mnist_keys(split):
   return {k: i for i, k in enumerate(keys)}, labels
 
 
-@pytest.mark.parametrize('pc', [3])
-def test_embedded_process_shares_disjoint_and_cover(pc):
-  c = _config(batch=pc * 100, size=28, aug=False)
+def _global_batches(c, pc, steps, start_step=0):
+  """Global batches (rows of processes 0..pc-1 concatenated) of `steps` steps."""
+  its = [input_pipeline.train_dataset(c, process_index=p, process_count=pc,
+                                      start_step=start_step).as_numpy_iterator()
+         for p in range(pc)]
+  out = []
+  for _ in range(steps):
+    parts = [next(it) for it in its]
+    out.append({k: np.concatenate([x[k] for x in parts]) for k in ('views', 'label')})
+  return out
+
+
+@pytest.mark.parametrize('source', ['embedded', 'tfds'])
+def test_global_batches_bitwise_equal_for_1_2_4_processes(source, tfds_dir):
+  """The issue's contract for in-memory splits: the global batch at step t (order AND views)
+  does not depend on how many processes read it; also after a resume that changes the count."""
+  if source == 'embedded':
+    c, steps, counts = _config(batch=1000, size=8), 5, (4,)  # 4000 examples: into epoch 2.
+  else:
+    c, steps, counts = _config('simclr_tiny_shapes', tfds_dir, batch=8, size=8), 12, (2, 4)
+  ref = _global_batches(c, 1, steps)
+  for pc in counts:
+    got = _global_batches(c, pc, steps)
+    for t, (x, y) in enumerate(zip(ref, got)):
+      np.testing.assert_array_equal(x['views'], y['views'], err_msg=f'{pc} processes, step {t}')
+      np.testing.assert_array_equal(x['label'], y['label'])
+  resumed = _global_batches(c, 4, steps - 3, start_step=3)  # Written by 1 process, resumed on 4.
+  for x, y in zip(ref[3:], resumed):
+    np.testing.assert_array_equal(x['views'], y['views'])
+
+
+def test_global_order_epochs_are_permutations_reshuffled():
+  """Unaugmented embedded digits: each epoch of the global stream holds every image once, in a
+  new order; rows of a 3-process run are the same images (identified by their bytes)."""
+  c = _config(batch=500, size=28, aug=False)
   keys, ref_labels = _mnist_keys('train')
+  batches = _global_batches(c, 2, 16)  # Two epochs of 4000.
+  views = np.concatenate([x['views'] for x in batches])
+  np.testing.assert_array_equal(views[:, 0], views[:, 1])
+  idx = np.array([keys[v.tobytes()] for v in views[:, 0]])  # KeyError if an image is altered.
+  np.testing.assert_array_equal(np.concatenate([x['label'] for x in batches]), ref_labels[idx])
+  e0, e1 = idx[:4000], idx[4000:]
+  assert sorted(e0) == list(range(4000)) and sorted(e1) == list(range(4000))
+  assert not np.array_equal(e0, e1)
+
+
+# ---- file-backed splits: per-process file shards, reshuffled and interleaved ----
+
+
+def _file_ids(data_dir):
+  """{file name: example ids in it} read straight from the tfrecord files (the reference)."""
+  builder = tfds.builder(tiny_tfds.NAME, data_dir=data_dir)
+  out = {}
+  for f in builder.info.splits['train'].file_instructions:
+    ids = []
+    for rec in tf.data.TFRecordDataset(f.filename).as_numpy_iterator():
+      ex = builder.info.features.deserialize_example_np(rec)
+      ids.append(int(tiny_tfds.ids_of(ex['image'][None])[0]))
+    out[f.filename] = ids
+  return out
+
+
+def _file_config(data_dir, pc, **kw):
+  c = _config('simclr_tiny_shapes', data_dir, batch=4 * pc, **kw)
+  c.data.cache = False
+  c.data.shuffle_buffer = 4  # Far below a process's share: blocks alone would not shuffle.
+  return c
+
+
+def _stream_ids(c, pi, pc, steps, start_step=0):
+  it = input_pipeline.train_dataset(c, process_index=pi, process_count=pc,
+                                    start_step=start_step).as_numpy_iterator()
+  batches = [next(it) for _ in range(steps)]
+  if c.aug.crop:  # Augmented views no longer name their example.
+    return None, batches
+  ids = np.concatenate([tiny_tfds.ids_of(x['views'][:, 0]) for x in batches])
+  labels = np.concatenate([x['label'] for x in batches])
+  np.testing.assert_array_equal(labels, ids % N_CLASSES)  # Label travels with its image.
+  return ids, batches
+
+
+@pytest.mark.parametrize('pc', [1, 2, 4])
+def test_file_shards_disjoint_cover_and_reshuffle_each_epoch(tfds_files_dir, pc):
+  files = _file_ids(tfds_files_dir)
+  names = sorted(files)
+  assert len(names) == 4
+  c = _file_config(tfds_files_dir, pc, aug=False)
   seen = []
   for pi in range(pc):
-    views, labels = _first_epoch(c, pi, pc)
-    np.testing.assert_array_equal(views[:, 0], views[:, 1])
-    idx = np.array([keys[v.tobytes()] for v in views[:, 0]])  # KeyError if an image is altered.
-    np.testing.assert_array_equal(labels, ref_labels[idx])
-    assert len(set(idx)) == len(idx)
-    seen.append(set(idx))
-  assert sum(len(s) for s in seen) == 4000 and set().union(*seen) == set(range(4000))
+    mine = [files[f] for f in names[pi::pc]]  # File i goes to process i mod P.
+    n = sum(len(x) for x in mine)
+    ids, _ = _stream_ids(c, pi, pc, -(-6 * n // 4))  # Six epochs of this process.
+    epochs = [ids[e * n:(e + 1) * n] for e in range(6)]
+    for e in epochs:
+      assert sorted(e) == sorted(sum(mine, [])), 'each epoch holds exactly this process\'s files'
+    assert len({tuple(e) for e in epochs}) == 6, 'a new order every epoch'
+    if pc < 4:  # Several files: the file read first changes between epochs.
+      first_file = {next(k for k, x in enumerate(mine) if e[0] in x) for e in epochs}
+      assert len(first_file) > 1
+    seen.extend(epochs[0])
+  assert sorted(seen) == list(range(N_TRAIN))  # Disjoint and complete over the processes.
 
 
-# ---- determinism, seeds, resume ----
-
-
-def test_same_seed_same_batches_different_seed_different():
+def test_same_seed_same_batches_different_seed_different(tfds_files_dir):
   """Same seed -> identical batches, even if TF's global seed changed in between (resume runs in
-  a fresh process); another seed or another process -> different examples and views."""
-  run = lambda seed, pi=1: _take(input_pipeline.train_dataset(
-      _config(seed=seed), process_index=pi, process_count=2), 3)
+  a fresh process); another seed -> different order and views; file streams differ by process."""
+  def run(seed, pi=1):
+    c = _file_config(tfds_files_dir, 2, seed=seed)
+    return _take(input_pipeline.train_dataset(c, process_index=pi, process_count=2), 3)
   a = run(0)
   tf.random.set_seed(1234)
   try:
@@ -154,31 +213,42 @@ def test_same_seed_same_batches_different_seed_different():
 
 
 @pytest.mark.parametrize('pi,pc', [(0, 1), (1, 2)])
-def test_resume_matches_uninterrupted_stream_across_epochs(tfds_dir, pi, pc):
-  b = 8
-  c = _config('simclr_tiny_shapes', tfds_dir, batch=b * pc, aug=True)
-  n = input_pipeline.source(c, 'train', pi, pc)[1]
+def test_file_stream_resume_matches_uninterrupted_across_epochs(tfds_files_dir, pi, pc):
+  c = _file_config(tfds_files_dir, pc)
+  n = sum(len(x) for x in [_file_ids(tfds_files_dir)[f]
+                           for f in sorted(_file_ids(tfds_files_dir))[pi::pc]])
+  b = 4
   steps = 2 * n // b + 2  # Past the end of the second epoch.
-  full = _take(input_pipeline.train_dataset(c, process_index=pi, process_count=pc), steps)
-  # The order does not depend on the augmentation: read the ids from the unaugmented stream.
-  plain = _config('simclr_tiny_shapes', tfds_dir, batch=b * pc, aug=False)
-  plain_batches = _take(input_pipeline.train_dataset(plain, process_index=pi, process_count=pc),
-                        steps)
-  ids = np.concatenate([tiny_tfds.ids_of(x['views'][:, 0]) for x in plain_batches])
-  for x, y in zip(plain_batches, full):
-    np.testing.assert_array_equal(x['label'], y['label'])
-  # Epochs are permutations of the share, reshuffled between epochs.
-  e0, e1 = ids[:n], ids[n:2 * n]
-  assert sorted(e0) == sorted(e1) and len(set(e0)) == n and not np.array_equal(e0, e1)
+  _, full = _stream_ids(c, pi, pc, steps)
   boundary = n // b  # The batch that straddles the end of epoch 0 (n is not a multiple of b).
   assert n % b
-  for k in ((boundary, boundary + 1) if pc == 1 else (boundary + 1,)):
-    resumed = _take(input_pipeline.train_dataset(c, process_index=pi, process_count=pc,
-                                                 start_step=k), steps - k)
-    assert len(resumed) == steps - k
+  for k in (boundary, boundary + 1, steps - 2):
+    _, resumed = _stream_ids(c, pi, pc, steps - k, start_step=k)
     for j, batch in enumerate(resumed):
       np.testing.assert_array_equal(batch['views'], full[k + j]['views'], err_msg=f'k={k} j={j}')
-      np.testing.assert_array_equal(batch['label'], full[k + j]['label'])
+
+
+def test_file_stream_resume_parses_nothing_it_skips(tfds_files_dir):
+  """A resume deep into an epoch parses (and so decodes) only what it yields, not what it skips."""
+  from simclr_jax.data import streams  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder(tiny_tfds.NAME, data_dir=tfds_files_dir)
+  calls = []
+
+  def count(x):
+    calls.append(1)
+    return x
+
+  def parse(rec):
+    return {'n': tf.py_function(count, [tf.strings.length(rec)], tf.int32)}
+
+  ds, n = streams.file_stream(builder.info.splits['train'].file_instructions, b=1,
+                              process_index=0, process_count=1, start_step=3 * N_TRAIN + 30,
+                              salt=0, shuffle_buffer=4, parse=parse)
+  assert n == N_TRAIN
+  it = iter(ds)
+  t, _ = next(it)
+  assert int(t) == 3 * N_TRAIN + 30
+  assert len(calls) <= 8, f'{len(calls)} records parsed to yield one after skipping 30'
 
 
 # ---- eval_batches: every example exactly once, padding masked ----
@@ -276,9 +346,16 @@ def test_bad_split_names_key_and_allowed(tfds_dir, source, key):
       input_pipeline.train_dataset(c, process_index=0, process_count=1)
 
 
-def test_batch_must_split_over_processes_and_fit_the_share(tfds_dir):
+def test_batch_must_split_over_processes_and_fit_the_share(tfds_dir, tfds_files_dir):
   with pytest.raises(ValueError, match='does not split'):
     input_pipeline.per_process_batch(10, 4)
-  c = _config('simclr_tiny_shapes', tfds_dir, batch=2 * 20)
+  c = _config('simclr_tiny_shapes', tfds_dir, batch=40)
   with pytest.raises(ValueError, match='batch_size'):
-    input_pipeline.train_dataset(c, process_index=0, process_count=2)  # 18 < 20 per process.
+    input_pipeline.train_dataset(c, process_index=0, process_count=2)  # 37 examples < 40.
+  c = _file_config(tfds_files_dir, 2)
+  c.train.batch_size = 2 * 19
+  with pytest.raises(ValueError, match='batch_size'):
+    input_pipeline.train_dataset(c, process_index=1, process_count=2)  # 18 in its files < 19.
+  c = _file_config(tfds_files_dir, 8)
+  with pytest.raises(ValueError, match='data.cache=True'):
+    input_pipeline.train_dataset(c, process_index=0, process_count=8)  # 4 files, 8 processes.

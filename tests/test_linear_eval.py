@@ -204,10 +204,13 @@ def test_label_subset_is_class_balanced_and_deterministic():
   np.testing.assert_array_equal(supervised.train_indices(config), idx)
 
 
-def test_labelled_stream_holds_exactly_the_kept_examples(tfds_dir):
+@pytest.mark.parametrize('cache', [True, False])
+def test_labelled_stream_holds_exactly_the_kept_examples(tfds_dir, tfds_files_dir, cache):
+  """In memory (global order) and from files (the kept mask filters records by position)."""
   config = default.get_config()
   config.data.dataset = 'simclr_tiny_shapes'
-  config.data.data_dir = tfds_dir
+  config.data.data_dir = tfds_dir if cache else tfds_files_dir
+  config.data.cache = cache
   config.data.image_size = 8
   config.data.label_fraction = 0.5
   config.aug.crop = False  # Constant channels stay constant: every view names its example.

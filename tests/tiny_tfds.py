@@ -52,8 +52,12 @@ def ids_of(views):
   return (red[..., 0].astype(int) - 1) // 4
 
 
-def prepare(data_dir: str) -> str:
-  """download_and_prepare() into data_dir (no network: nothing is downloaded); returns it."""
+def prepare(data_dir: str, num_shards: int | None = None) -> str:
+  """download_and_prepare() into data_dir (no network: nothing is downloaded); returns it.
+
+  `num_shards`: files per split (TFDS picks 1 for a set this small), to test file sharding.
+  """
   builder = tfds.builder(NAME, data_dir=data_dir)
-  builder.download_and_prepare(download_dir=f'{data_dir}/downloads')
+  builder.download_and_prepare(download_dir=f'{data_dir}/downloads',
+                               download_config=tfds.download.DownloadConfig(num_shards=num_shards))
   return data_dir

@@ -1,21 +1,23 @@
-"""tf.data pipelines: source (embedded set or TFDS) -> this process's share -> views -> batches.
+"""tf.data pipelines: source (embedded set or TFDS) -> this process's rows -> views -> batches.
 
 Multi-host: every function takes `process_index` / `process_count` explicitly (never reads them
-from JAX), reads a disjoint 1/P share of the split and yields host-local batches of
-`global_batch // P`; the train loop assembles global arrays from them.
+from JAX) and yields host-local batches of `global_batch // P`; the train loop assembles global
+arrays from them.
 
-Determinism: the training stream is a pure function of (config.seed, process_index). Epoch e of a
-process is its share shuffled with seed (seed, e); element t of the stream (counted from step 0)
-gets augmentation seed (seed, t). Resuming at step k rebuilds the stream at element k * b, so the
-resumed run sees exactly the views the uninterrupted run would have seen. Shuffling is stateless
-(permutations of blocks of config.data.shuffle_buffer examples; one block = a full permutation
-when the share fits), so TF's global seed does not enter. TFDS files are read in their stored
-order (shuffle_files=False), so shares larger than the buffer are only shuffled within blocks.
+Training order (data/streams.py): a split held in host memory (the embedded set, or
+`data.cache=True`) has one global order per (seed, epoch), each process taking its rows of every
+global batch, and each element's augmentation seeded by its global position: the global batch at
+step s is the same for any process count. A file-backed TFDS split (`data.cache=False`) is read
+as per-process file shards, reshuffled and interleaved every epoch; its global batch depends on
+the process count. Both are pure functions of (config.seed, step, process layout), so a resumed
+run sees exactly the views the uninterrupted run would have seen.
 
+Evaluation reads each process's contiguous share of the split in stored order (eval_batches).
 Images cross to the device as uint8 (4x fewer bytes than float32); the step divides by 255.
 """
 
 import dataclasses
+import functools
 from typing import Iterator, Optional
 
 import ml_collections
@@ -24,6 +26,7 @@ import tensorflow as tf
 
 from simclr_jax.data import augment
 from simclr_jax.data import embedded
+from simclr_jax.data import streams
 
 _SHUFFLE_SALT = 1_000_003
 _AUG_SALT = 2_000_003
@@ -125,20 +128,21 @@ def source(config: ml_collections.ConfigDict, split: str, process_index: int = 0
   return ds, hi - lo, n
 
 
-def make_views_fn(config: ml_collections.ConfigDict, process_index: int = 0,
+def make_views_fn(config: ml_collections.ConfigDict, stream_id: int = 0,
                   dtype: tf.DType = tf.uint8):
   """fn(t, image) -> [2, S, S, 3] views of stream element t (the training augmentation).
 
-  Element t of process p always gets the seeds (config.seed, p, t), so the views are a pure
-  function of the image and its position in the stream. `dtype` uint8 (what the pipeline ships:
-  round(x * 255)) or float32 (the augmentation's own [0, 1] output; for the benchmark).
+  Element t of stream `stream_id` (0 for the global in-memory order; the process index for
+  per-process file streams) always gets the seeds (config.seed, stream_id, t), so the views are
+  a pure function of the image and its position in the stream. `dtype` uint8 (what the pipeline
+  ships: round(x * 255)) or float32 (the augmentation's own [0, 1] output; for the benchmark).
   """
   a, size, seed = config.aug, config.data.image_size, config.seed
   kw = dict(color_jitter_strength=a.color_jitter_strength, use_blur=a.use_blur, crop=a.crop,
             flip=a.flip, impl=a.impl, area_min=a.crop_area_min)
 
   def views_fn(t, image):
-    base = tf.stack([tf.constant(seed * _AUG_SALT + process_index, tf.int64),
+    base = tf.stack([tf.constant(seed * _AUG_SALT + stream_id, tf.int64),
                      tf.cast(t, tf.int64)])
     s1, s2 = tf.unstack(tf.random.experimental.stateless_split(base, 2))
     views = tf.stack([augment.preprocess_for_train(image, size, size, seed=s, **kw)
@@ -166,12 +170,10 @@ def per_process_batch(global_batch: int, process_count: int) -> int:
 def train_dataset(config: ml_collections.ConfigDict, *, process_index: int, process_count: int,
                   start_step: int = 0) -> tf.data.Dataset:
   """Infinite stream of host-local batches {'views': uint8 [b,2,H,W,3], 'label': int32 [b]}."""
-  d = config.data
   b = per_process_batch(config.train.batch_size, process_count)
-  src, n, _ = source(config, d.train_split, process_index, process_count)
-  ds = indexed_stream(config, src, n, b=b, process_index=process_index,
-                      process_count=process_count, start_step=start_step)
-  views_fn = make_views_fn(config, process_index)
+  ds, stream_id = training_stream(config, config.data.train_split, process_index=process_index,
+                                  process_count=process_count, start_step=start_step)
+  views_fn = make_views_fn(config, stream_id)
 
   def two_views(t, ex):
     return {'views': views_fn(t, ex['image']), 'label': ex['label']}
@@ -181,49 +183,93 @@ def train_dataset(config: ml_collections.ConfigDict, *, process_index: int, proc
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def indexed_stream(config: ml_collections.ConfigDict, src: tf.data.Dataset, n: int, *, b: int,
-                   process_index: int, process_count: int, start_step: int,
-                   shuffle_salt: int = _SHUFFLE_SALT) -> tf.data.Dataset:
-  """Endless (t, example) stream of one process's share `src` (n examples), from element
-  start_step * b: epoch e is `src` shuffled with seed (seed, process, e), and t counts elements
-  from step 0 (it seeds the augmentation), so a resumed stream equals the uninterrupted one."""
-  d = config.data
-  if n < b:
-    raise ValueError(f'config.train.batch_size={config.train.batch_size}: each of the '
-                     f'{process_count} process(es) needs {b} examples per batch but holds {n}.')
-  if d.cache:
-    src = src.cache()
-  first = start_step * b
-  first_epoch = first // n
-  salt = config.seed * shuffle_salt + process_index
-
-  def epoch(e):
-    return _stateless_shuffle(src, min(d.shuffle_buffer, n), [salt, e])
-
-  ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
-  return ds.skip(first - first_epoch * n).enumerate(start=first)
+def in_memory(config: ml_collections.ConfigDict) -> bool:
+  """Whether training reads the split from host memory (global order) or from files."""
+  return config.data.dataset == embedded.NAME or bool(config.data.cache)
 
 
-def _stateless_shuffle(ds: tf.data.Dataset, block: int, seed) -> tf.data.Dataset:
-  """Shuffles consecutive blocks of `block` examples with stateless random permutations.
+def training_stream(config: ml_collections.ConfigDict, split: str, *, process_index: int,
+                    process_count: int, start_step: int, shuffle_salt: int = _SHUFFLE_SALT,
+                    indices: Optional[np.ndarray] = None) -> tuple[tf.data.Dataset, int]:
+  """(t, {'image': uint8 [h,w,3], 'label': int32}) from step start_step on, and the stream id
+  that seeds the augmentation with t (see data/streams.py for the two orders).
 
-  A block that holds the whole share (every data set whose share fits in config.data.shuffle_buffer)
-  gives a uniform permutation. Unlike Dataset.shuffle(seed=...), whose seed pair also takes TF's
-  global seed (so a tf.random.set_seed() anywhere in the process changed the order and broke
-  resume), the order is a function of `seed` alone. Images of varying sizes travel as ragged rows.
+  `indices`: kept examples of the whole split in stored order (label fractions); None = all.
   """
-  seed = tf.cast(tf.stack(seed), tf.int64)
+  d = config.data
+  global_batch = config.train.batch_size
+  b = per_process_batch(global_batch, process_count)
+  salt = config.seed * shuffle_salt
+  if in_memory(config):
+    examples = load_split(config, split)
+    if indices is not None:
+      examples = {k: v[indices] for k, v in examples.items()}
+    ds = streams.memory_stream(examples, global_batch=global_batch, process_index=process_index,
+                               process_count=process_count, start_step=start_step, salt=salt)
+    return ds.map(lambda t, ex: (t, _decoded(ex)), num_parallel_calls=tf.data.AUTOTUNE,
+                  deterministic=True), 0
+  builder = _tfds_builder(config)
+  _check_split(config, builder, split)
+  if builder.info.file_format.value != 'tfrecord':
+    raise ValueError(f'config.data.dataset={d.dataset!r} is stored as '
+                     f'{builder.info.file_format.value}; file-backed training reads tfrecord: '
+                     'set config.data.cache=True or prepare it with --file_format=tfrecord.')
+  keep = None
+  if indices is not None:
+    keep = np.zeros((builder.info.splits[split].num_examples,), bool)
+    keep[indices] = True
+  parse = functools.partial(_parse_record, builder.info.features)
+  ds, _ = streams.file_stream(
+      builder.info.splits[split].file_instructions, b=b, process_index=process_index,
+      process_count=process_count, start_step=start_step, salt=salt,
+      shuffle_buffer=d.shuffle_buffer, parse=parse, keep=keep)
+  return ds, process_index
 
-  def permute(j, blk):
-    m = tf.shape(blk['label'])[0]
-    key = tf.random.stateless_uniform([m], seed=tf.stack([seed[0], seed[1] * 2**20 + j]))
-    perm = tf.argsort(key)
-    return tf.nest.map_structure(lambda x: tf.gather(x, perm), blk)
 
-  def dense(ex):
-    return {k: v.to_tensor() if isinstance(v, tf.RaggedTensor) else v for k, v in ex.items()}
+def _parse_record(features, record: tf.Tensor) -> dict:
+  from tensorflow_datasets import decode  # pylint: disable=g-import-not-at-top
+  ex = features.deserialize_example(record, decoders={'image': decode.SkipDecoding()})
+  return _decoded({'image': ex['image'], 'label': ex['label']})
 
-  return ds.ragged_batch(block).enumerate().map(permute).unbatch().map(dense)
+
+def _decoded(ex: dict) -> dict:
+  """{'image': encoded bytes or uint8 pixels, 'label'} -> uint8 [h, w, 3] pixels, int32 label."""
+  image = ex['image']
+  if image.dtype == tf.string:
+    image = tf.io.decode_image(image, channels=3, expand_animations=False)
+  return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tfds_split(dataset: str, data_dir: Optional[str], split: str) -> dict:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder(dataset, data_dir=data_dir)
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders={'image': tfds.decode.SkipDecoding()})
+  images, labels = [], []
+  for ex in ds.as_numpy_iterator():
+    images.append(ex['image'])
+    labels.append(ex['label'])
+  out = {'image': np.empty((len(images),), object), 'label': np.asarray(labels, np.int32)}
+  out['image'][:] = images
+  return out
+
+
+def load_split(config: ml_collections.ConfigDict, split: str) -> dict:
+  """The whole split in host memory, stored order: {'image': uint8 [n,h,w,3] (embedded) or
+  encoded bytes (object [n], TFDS: decoded per use), 'label': int32 [n]}. Cached per process."""
+  d = config.data
+  if d.dataset == embedded.NAME:
+    images, labels = embedded.load(split)
+    return {'image': images, 'label': labels}
+  _check_split(config, _tfds_builder(config), split)
+  return _load_tfds_split(d.dataset, d.data_dir, split)
+
+
+def _check_split(config, builder, split: str) -> None:
+  if split not in builder.info.splits:
+    raise ValueError(f'split {split!r} (config.data.train_split / eval_split) is not a split of '
+                     f'{config.data.dataset}; allowed: {sorted(builder.info.splits.keys())}.')
 
 
 def eval_batches(config: ml_collections.ConfigDict, split: str, *, global_batch: int,

@@ -10,8 +10,8 @@ keeps a deterministic, class-balanced subset: round(fraction * n_c) examples (at
 class c, chosen by a fixed seed that does not depend on config.seed, so every run and every
 process sees the same labelled examples.
 
-The stream follows input_pipeline's determinism contract: a pure function of (config.seed,
-process_index), resumable at any step.
+The stream follows input_pipeline's determinism contract (input_pipeline.training_stream): a pure
+function of (config.seed, step, process layout), resumable at any step.
 """
 
 from typing import Optional
@@ -67,35 +67,18 @@ def train_dataset(config: ml_collections.ConfigDict, *, process_index: int, proc
                   start_step: int = 0, indices: Optional[np.ndarray] = None) -> tf.data.Dataset:
   """Infinite stream of host-local batches {'image': uint8 [b,S,S,3], 'label': int32 [b]}.
 
-  `indices`: kept examples of the whole train split (None = all); each process keeps those in
-  its contiguous share.
+  `indices`: kept examples of the whole train split in stored order (None = all). The order
+  follows input_pipeline.training_stream (global for in-memory splits, file shards otherwise).
   """
-  d, a, size = config.data, config.aug, config.data.image_size
+  a, size = config.aug, config.data.image_size
   b = input_pipeline.per_process_batch(config.train.batch_size, process_count)
-  src, n, total = input_pipeline.source(config, d.train_split, process_index, process_count)
-  if indices is not None:
-    lo, hi = input_pipeline.shard_bounds(total, process_index, process_count)
-    keep = np.zeros((total,), bool)
-    keep[indices] = True
-    local = tf.constant(keep[lo:hi])
-    n = int(keep[lo:hi].sum())
-
-    def kept(i, ex):
-      del ex
-      return tf.gather(local, i)
-
-    def drop_index(i, ex):
-      del i
-      return ex
-
-    src = src.enumerate().filter(kept).map(drop_index)
-  ds = input_pipeline.indexed_stream(config, src, n, b=b, process_index=process_index,
-                                     process_count=process_count, start_step=start_step,
-                                     shuffle_salt=_SHUFFLE_SALT)
+  ds, stream_id = input_pipeline.training_stream(
+      config, config.data.train_split, process_index=process_index, process_count=process_count,
+      start_step=start_step, shuffle_salt=_SHUFFLE_SALT, indices=indices)
   seed = config.seed
 
   def view(t, ex):
-    s = tf.stack([tf.constant(seed * _AUG_SALT + process_index, tf.int64), tf.cast(t, tf.int64)])
+    s = tf.stack([tf.constant(seed * _AUG_SALT + stream_id, tf.int64), tf.cast(t, tf.int64)])
     image = augment.preprocess_for_train(
         ex['image'], size, size, seed=s, color_jitter_strength=0.0, use_blur=False,
         crop=a.crop, flip=a.flip, area_min=a.crop_area_min)

@@ -52,7 +52,7 @@ def make_tiles(config, num_images: int, num_pairs: int) -> tuple[np.ndarray, np.
   src, n, _ = input_pipeline.source(config, config.data.train_split, 0, 1)
   if n < num_images:
     raise ValueError(f'--num_images={num_images} but the split holds only {n} images.')
-  views_fn = input_pipeline.make_views_fn(config, process_index=0)
+  views_fn = input_pipeline.make_views_fn(config)
 
   def tiles(i, ex):
     # Stream positions i * num_pairs + j: distinct, so each pair gets its own seeds.
