@@ -1,8 +1,12 @@
 """The paper's ImageNet run on a TPU v3-128 pod slice (128 cores, 16 hosts): B=4096, 100 epochs.
 
-Every host runs the same command (see launch/README.md):
-    python -m simclr_jax.main --config=configs/tpu_v3_128.py \
-        --config.data.data_dir=gs://BUCKET/tensorflow_datasets --workdir=gs://BUCKET/simclr/r50_100ep
+Every host runs the same command; launch/tpu_pod.sh starts it on all of them (launch/README.md):
+    export TPU_NAME=simclr ZONE=europe-west4-a ACCELERATOR_TYPE=v3-128
+    launch/tpu_pod.sh run configs/tpu_v3_128.py gs://BUCKET/simclr/r50_100ep \
+        --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+which runs, on every worker:
+    python3 -m simclr_jax.main --config=configs/tpu_v3_128.py \
+        --workdir=gs://BUCKET/simclr/r50_100ep --config.data.data_dir=gs://BUCKET/tensorflow_datasets
 
 Paper: ~1.5 h for 100 epochs at ~185 images/s per core. Our speed on TPU is not yet measured.
 """
@@ -13,4 +17,6 @@ from configs import imagenet
 def get_config():
   config = imagenet.get_config()
   config.name = 'tpu_v3_128_r50_100ep'
+  config.hardware.chip = 'tpu_v3'
+  config.hardware.num_devices = 128
   return config
