@@ -58,7 +58,7 @@ KNOWN_DATASETS = {
 # The paper's speed (100 epochs of R50 at B 4096 on 128 TPU v3 cores in ~1.5 h) as utilisation:
 # 31,279 steps x 1.993e14 FLOPs (flops.py) / (5,400 s x 128 x 61.5e12) = 0.149 (test_plan checks).
 PAPER_MFU = 0.15
-UTILISATIONS = ((1.0, '100% of peak'), (0.40, '40% MFU'), (PAPER_MFU, "15% (paper's implied)"))
+UTILISATIONS = ((1.0, '100% of peak'), (0.40, '40% MFU'), (PAPER_MFU, '15% (paper, TPU v3)'))
 MIB = 2 ** 20
 
 
