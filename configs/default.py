@@ -87,6 +87,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.lineareval_while_pretraining = True  # Online linear probe on stop_gradient features.
   config.train.log_every_seconds = 5.0  # Wall-clock seconds between progress lines.
   config.train.checkpoint_every_steps = 500  # Checkpoint cadence in steps (the last step is always saved).
+  config.train.check_finite_every_steps = 100  # Stop on a NaN/inf loss, checked every N steps and before saves.
   config.train.keep_checkpoints = 2  # How many recent checkpoints Orbax keeps.
   config.train.eval_every_epochs = 5.0  # Online-probe + kNN eval cadence in epochs (0 = only at the end).
 

@@ -25,20 +25,23 @@ def extract(config: ml_collections.ConfigDict, split: str, num_examples: int,
             mesh: jax.sharding.Mesh, embed_fn: Callable[[jax.Array], Any]
             ) -> tuple[Any, np.ndarray]:
   """Runs `embed_fn` (jitted, images -> [B, D], or a dict of [B, ...] arrays) over `split`;
-  returns (outputs of the same structure with every example once, labels) on host."""
-  feats, labels = [], []
+  returns (outputs of the same structure with every example once, labels) on host, in the
+  split's stored order whatever the number of processes."""
+  feats, labels, order = [], [], []
   for batch in input_pipeline.eval_batches(
       config, split, global_batch=config.eval.batch_size, process_index=jax.process_index(),
       process_count=jax.process_count(), num_examples=num_examples):
     out = embed_fn(sharding.global_batch(batch['image'], mesh))
-    mask = sharding.global_batch(batch['mask'], mesh)
-    lab = sharding.global_batch(batch['label'], mesh)
-    out, mask, lab = jax.tree.map(
-        lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), (out, mask, lab))
-    keep = mask > 0
+    rest = sharding.global_batch({k: batch[k] for k in ('mask', 'label', 'index')}, mesh)
+    out, rest = jax.tree.map(
+        lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), (out, rest))
+    keep = rest['mask'] > 0
     feats.append(jax.tree.map(lambda x, keep=keep: x[keep], out))
-    labels.append(lab[keep])
-  return jax.tree.map(lambda *xs: np.concatenate(xs), *feats), np.concatenate(labels)
+    labels.append(rest['label'][keep])
+    order.append(rest['index'][keep])
+  perm = np.argsort(np.concatenate(order), kind='stable')
+  return (jax.tree.map(lambda *xs: np.concatenate(xs)[perm], *feats),
+          np.concatenate(labels)[perm])
 
 
 def make_embed_fn(apply_fn: Callable, mesh: jax.sharding.Mesh, output: str = 'features'

@@ -28,9 +28,7 @@ Writes workdir/config.json (the merged config), checkpoints, TensorBoard scalars
 With precompute_features the checkpoints hold the head only (the encoder is init_checkpoint's).
 
 Differences from the official code, on purpose: projection-head layers past ft_proj_selector are
-dropped (official keeps computing them, updating their BN statistics, though they feed nothing);
-with precompute_features and label_fraction < 1 on several processes, the subset is drawn from
-the gathered feature order, not the split's stored order (same balance, different examples).
+dropped (official keeps computing them, updating their BN statistics, though they feed nothing).
 """
 
 import functools
@@ -50,7 +48,9 @@ import optax
 import orbax.checkpoint as ocp
 
 from simclr_jax import checkpointing
+from simclr_jax import cluster
 from simclr_jax import evaluate
+from simclr_jax import loop
 from simclr_jax import losses
 from simclr_jax import models
 from simclr_jax import optim
@@ -290,9 +290,13 @@ def _feature_forward(num_classes: int, zero_init: bool):
 
 
 def feature_batches(features: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-                    start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Infinite {'features', 'label'} batches: epoch e is a permutation seeded by (seed, e); batch
-  t is elements [t*B, (t+1)*B) of the concatenated epochs (resumable, like the image stream)."""
+                    start_step: int = 0, process_index: int = 0, process_count: int = 1
+                    ) -> Iterator[dict[str, np.ndarray]]:
+  """Infinite host-local {'features', 'label'} batches: epoch e is a permutation seeded by
+  (seed, e); global batch t is elements [t*B, (t+1)*B) of the concatenated epochs (resumable,
+  like the image stream), and this process yields its rows [p*B/P, (p+1)*B/P) of it, so each
+  example appears once per global batch whatever the number of processes."""
+  b = input_pipeline.per_process_batch(batch_size, process_count)
   n = len(labels)
   if n < batch_size:
     raise ValueError(f'config.train.batch_size={batch_size} exceeds the {n} labelled examples.')
@@ -305,6 +309,7 @@ def feature_batches(features: np.ndarray, labels: np.ndarray, batch_size: int, s
   while True:
     e, p = divmod(t * batch_size, n)
     sel = np.concatenate([perm(e), perm(e + 1)])[p:p + batch_size]  # B <= n: two epochs at most.
+    sel = sel[process_index * b:(process_index + 1) * b]
     yield {'features': features[sel], 'label': labels[sel]}
     t += 1
 
@@ -324,33 +329,19 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         '(0, 1]; ImageNet 1%/10%: data.dataset=imagenet2012_subset/1pct or /10pct')
 
 
-def _train(config, workdir, state, batches: Iterator, forward, labels, num_train, mesh, writer
-           ) -> tuple[steps.TrainState, dict, float]:
-  """The supervised loop: progress lines, scalars, checkpoints. Resumes from workdir."""
-  total = optim.total_steps(config, num_train)
+def _train(config, workdir, state, batches: Callable[[int], Iterator], forward, labels,
+           num_train, mesh, writer) -> loop.Result:
+  """The supervised loop (loop.run with the supervised step). Resumes from workdir."""
   lr_fn = optim.create_learning_rate_fn(config, num_train)
-  mngr = checkpointing.manager(workdir, keep=config.train.keep_checkpoints)
-  state, start = checkpointing.restore_latest(mngr, state)
-  if start:
-    progress.say(f'Resumed from {workdir}/checkpoints at step {start}.')
+  mngr, state, start = loop.restore(config, workdir, state)
   step_fn = jax.jit(functools.partial(train_step, config=config, labels=labels, lr_fn=lr_fn,
                                       forward=forward), donate_argnums=(0,))
-  batches = batches(start)
-  report = progress.Reporter(
-      writer, total=total, start=start, batch_size=config.train.batch_size,
-      every_seconds=config.train.log_every_seconds, loss_key='supervised_loss', unit='ex/s',
+  return loop.run(
+      config, workdir, mngr=mngr, state=state, start=start,
+      total=optim.total_steps(config, num_train), step_fn=step_fn, batches=batches, mesh=mesh,
+      writer=writer, loss_key='supervised_loss', unit='ex/s',
       describe=lambda m: (f'loss {m["supervised_loss"]:.4f} acc {m["supervised_acc"]:.3f} '
                           f'lr {m["learning_rate"]:.4f}'))
-  for step in range(start, total):
-    state, metrics = step_fn(state, sharding.global_batch(next(batches), mesh))
-    report.step_done(step, metrics)
-    is_last = step + 1 == total
-    if (step + 1) % config.train.checkpoint_every_steps == 0 or is_last:
-      checkpointing.save(mngr, step + 1, state)
-  seconds = report.seconds()
-  mngr.wait_until_finished()
-  mngr.close()
-  return state, report.last, seconds
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -365,6 +356,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   config = merged_config(config, pre)
   validation.validate(config, jax.device_count(), jax.process_count())
   checkpointing.check_workdir_writable(workdir)
+  cluster.check_shared_workdir(workdir)
   info = input_pipeline.get_info(config)
   mesh = sharding.make_mesh()
   model = build_classifier(config, info.num_classes)
@@ -399,7 +391,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     params = {'head_supervised': variables['params']['head_supervised']}
     batch_stats = {}
     forward = _feature_forward(info.num_classes, config.zero_init_logits_layer)
-    batches = functools.partial(feature_batches, xtr, ytr, config.train.batch_size, config.seed)
+    batches = functools.partial(feature_batches, xtr, ytr, config.train.batch_size, config.seed,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
   else:
     indices = supervised.train_indices(config)
     num_train = info.num_train if indices is None else len(indices)
@@ -418,8 +412,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
        f'{config.train.batch_size}; {optim.total_steps(config, num_train)} steps.')
   state = steps.TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
                                   tx=create_optimizer(config, num_train, params))
-  state, last, train_seconds = _train(config, workdir, state, batches, forward, labels,
-                                      num_train, mesh, writer)
+  run_ = _train(config, workdir, state, batches, forward, labels, num_train, mesh, writer)
+  state, last, train_seconds = run_.state, run_.last_metrics, run_.train_seconds
 
   if precompute:
     dense = jax.device_get(state.params['head_supervised']['dense'])

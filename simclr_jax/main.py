@@ -22,6 +22,14 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard '
                                'summaries, config.json and results.json (local or gs://).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'Multi-process runs outside TPU VMs/SLURM: HOST:PORT of '
+    'process 0, the same on every process (or env JAX_COORDINATOR_ADDRESS).')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Multi-process runs: how many processes (or env JAX_NUM_PROCESSES).')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'Multi-process runs: this process, 0..num_processes-1 (or env '
+    'JAX_PROCESS_ID).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -42,13 +50,20 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax/TF INFO chatter would bury the progress lines.
   _hide_accelerators_from_tf()
   import jax  # pylint: disable=g-import-not-at-top
-  if os.environ.get('SIMCLR_MULTIHOST') == '1' or 'TPU_WORKER_HOSTNAMES' in os.environ:
-    jax.distributed.initialize()  # Every host of a pod slice runs the same command.
+  from simclr_jax import cluster  # pylint: disable=g-import-not-at-top
+  try:  # Before anything touches a backend: every host of a pod runs this same command.
+    how = cluster.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except cluster.ClusterError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   from simclr_jax import linear_eval  # pylint: disable=g-import-not-at-top
   from simclr_jax import train  # pylint: disable=g-import-not-at-top
   from simclr_jax import validation  # pylint: disable=g-import-not-at-top
   from simclr_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  logging.info('JAX devices: %s', jax.devices())
+  from simclr_jax import progress  # pylint: disable=g-import-not-at-top
+  progress.say(f'JAX: {how}; process {jax.process_index()} of {jax.process_count()}, '
+               f'{jax.device_count()} {jax.default_backend()} device(s) '
+               f'({jax.local_device_count()} local).')
   config = _CONFIG.value
   jobs = {'pretrain': train.train_and_evaluate, 'linear_eval': linear_eval.run,
           'finetune': linear_eval.run}
@@ -57,7 +72,8 @@ def main(argv):
       raise validation.ConfigError(f'config.mode={config.mode!r} is invalid; allowed: '
                                    f'{tuple(jobs)}.')
     jobs[config.mode](config, _WORKDIR.value)
-  except (validation.ConfigError, input_pipeline.DataNotReadyError, PermissionError) as e:
+  except (validation.ConfigError, input_pipeline.DataNotReadyError, PermissionError,
+          cluster.ClusterError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

@@ -1,8 +1,13 @@
 """Progress reporting shared by the training loops (pretraining, linear eval, fine-tuning).
 
 Per-step metrics stay on device until a report is due (every `every_seconds`, the first and the
-last step), so logging never stalls the dispatch queue; then they are fetched, averaged, checked
-for NaN, written as TensorBoard scalars and printed as one line with rate and ETA.
+last step), so logging never stalls the dispatch queue; then they are fetched, averaged, written
+as TensorBoard scalars and printed as one line with rate and ETA.
+
+The loss is checked for NaN/inf on a fixed STEP cadence (`check_every` steps, and whenever the
+loop asks, e.g. before a checkpoint), never on a host's wall-clock timer: the metrics are
+replicated, so every host of a pod sees the same values and stops at the same step, instead of
+one host raising while the others wait forever in the next collective.
 """
 
 import time
@@ -25,36 +30,67 @@ def format_eta(seconds: float) -> str:
   return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
 
 
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or inf; `step` is the first (1-based) step that produced it."""
+
+  def __init__(self, msg: str, step: int):
+    super().__init__(msg)
+    self.step = step
+
+
 class Reporter:
   """`step_done(step, metrics)` after each step; `last` holds the latest metrics, averaged over
   the steps since the previous report (the learning rate is the latest step's)."""
 
   def __init__(self, writer, *, total: int, start: int, batch_size: int, every_seconds: float,
-               loss_key: str, describe: Callable[[dict[str, float]], str], unit: str = 'img/s'):
+               loss_key: str, describe: Callable[[dict[str, float]], str], unit: str = 'img/s',
+               check_every: int = 1):
     self.writer, self.total, self.start, self.batch_size = writer, total, start, batch_size
     self.every_seconds, self.loss_key, self.describe, self.unit = (every_seconds, loss_key,
                                                                    describe, unit)
-    self.pending: list[Any] = []
+    self.check_every = max(int(check_every), 1)
+    self.pending: list[Any] = []  # Metrics not yet fetched, with their 1-based step.
+    self.unreported: list[tuple[int, dict]] = []  # Fetched, not yet averaged into a report.
+    self.nonfinite_step = None  # First step seen with a non-finite loss (same on every host).
     self.last: dict[str, float] = {}
     self.t_last = self.t_start = time.time()
     self.step_last = start
 
+  def _fetch(self) -> None:
+    if not self.pending:
+      return
+    steps, metrics = zip(*self.pending)
+    self.pending = []
+    for done, m in zip(steps, jax.device_get(list(metrics))):
+      if self.nonfinite_step is None and not np.isfinite(m[self.loss_key]):
+        self.nonfinite_step = done
+      self.unreported.append((done, m))
+
+  def check_finite(self) -> None:
+    """Raises NonFiniteLossError if any step so far had a non-finite loss. Deterministic across
+    hosts when called at the same step on each (the loop calls it on a step cadence)."""
+    self._fetch()
+    if self.nonfinite_step is not None:
+      raise NonFiniteLossError(
+          f'{self.loss_key} became non-finite at step {self.nonfinite_step}; lower '
+          'optim.learning_rate or check the data.', self.nonfinite_step)
+
   def step_done(self, step: int, metrics: Any) -> None:
     """`step` is the 0-based index of the step just dispatched."""
-    self.pending.append(metrics)
-    now = time.time()
     done = step + 1
+    self.pending.append((done, metrics))
+    if done % self.check_every == 0 or done == self.total:
+      self.check_finite()
+    now = time.time()
     first = step == self.start
     if not (done == self.total or first or now - self.t_last >= self.every_seconds):
       return
-    fetched = jax.device_get(self.pending)
-    self.pending = []
+    self._fetch()  # A host-local decision: it may print, never stop (see check_finite).
+    fetched = [m for _, m in self.unreported]
+    self.unreported = []
     last = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
     if 'learning_rate' in last:  # A schedule value, not a sample: report the current one.
       last['learning_rate'] = float(fetched[-1]['learning_rate'])
-    if not np.isfinite(last[self.loss_key]):
-      raise FloatingPointError(f'{self.loss_key} became {last[self.loss_key]} at step {done}; '
-                               'lower optim.learning_rate or check the data.')
     rate = (done - self.step_last) * self.batch_size / max(now - self.t_last, 1e-9)
     eta = (self.total - done) * (now - self.t_start) / max(done - self.start, 1)
     last['images_per_sec'] = 0.0 if first else rate

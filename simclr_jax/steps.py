@@ -32,10 +32,10 @@ def global_norm(tree) -> jax.Array:
   return optax.global_norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *,
-               config: ml_collections.ConfigDict, lr_fn: Callable[[Any], jax.Array],
-               mesh: Optional[jax.sharding.Mesh] = None) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SimCLR update. Returns the new state and float32 scalar metrics (global means)."""
+def loss_and_grads(params, state: TrainState, batch: dict[str, jax.Array], *,
+                   config: ml_collections.ConfigDict, mesh: Optional[jax.sharding.Mesh] = None
+                   ) -> tuple[Any, dict[str, jax.Array], Any]:
+  """(gradients w.r.t. params, metrics, new BN statistics) of the SimCLR loss on one batch."""
   views = batch['views']
   b = views.shape[0]
   images = to_float_images(views.reshape((2 * b,) + views.shape[2:]))  # rows 2i, 2i+1: example i.
@@ -61,7 +61,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
     metrics['total_loss'] = total
     return total, (metrics, new_vars['batch_stats'])
 
-  grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(params)
+  return grads, metrics, batch_stats
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *,
+               config: ml_collections.ConfigDict, lr_fn: Callable[[Any], jax.Array],
+               mesh: Optional[jax.sharding.Mesh] = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SimCLR update. Returns the new state and float32 scalar metrics (global means)."""
+  grads, metrics, batch_stats = loss_and_grads(state.params, state, batch, config=config,
+                                               mesh=mesh)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   metrics.update(learning_rate=lr_fn(state.step), grad_norm=global_norm(grads),
                  param_norm=global_norm(new_state.params))

@@ -21,8 +21,10 @@ import ml_collections
 import numpy as np
 
 from simclr_jax import checkpointing
+from simclr_jax import cluster
 from simclr_jax import evaluate
 from simclr_jax import knn
+from simclr_jax import loop
 from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import plots
@@ -62,20 +64,16 @@ def eval_every_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
   return max(1, int(round(epochs * max(num_train // config.train.batch_size, 1))))
 
 
-def pretrain(config, workdir, info, mesh, init_fn, writer, eval_fn=None):
-  """The pretraining loop. Returns (final state, last logged metrics, seconds spent training).
+def pretrain(config, workdir, info, mesh, init_fn, writer, eval_fn=None) -> loop.Result:
+  """The pretraining loop (loop.run with the SimCLR step and stream).
 
   `eval_fn(state, step)`, if given, runs every config.train.eval_every_epochs (not at the last
   step: the caller evaluates the final state); its time is left out of img/s, ETA and seconds.
   """
   lr_fn = optim.create_learning_rate_fn(config, info.num_train)
   total = optim.total_steps(config, info.num_train)
-  state = init_fn()
-  mngr = checkpointing.manager(workdir, keep=config.train.keep_checkpoints)
-  state, start = checkpointing.restore_latest(mngr, state)
-  if start:
-    progress.say(f'Resumed from {workdir}/checkpoints at step {start}.')
-  else:
+  mngr, state, start = loop.restore(config, workdir, init_fn())
+  if not start:
     parameter_overview.log_parameter_overview(state.params)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   progress.say(f'Model: ResNet-{config.model.resnet_depth} x{config.model.width_multiplier} '
@@ -86,32 +84,20 @@ def pretrain(config, workdir, info, mesh, init_fn, writer, eval_fn=None):
   train_step = jax.jit(
       functools.partial(steps.train_step, config=config, lr_fn=lr_fn, mesh=mesh),
       donate_argnums=(0,))
-  data = iter(input_pipeline.train_dataset(
-      config, process_index=jax.process_index(), process_count=jax.process_count(),
-      start_step=start).as_numpy_iterator())
 
-  every = eval_every_steps(config, info.num_train) if eval_fn is not None else 0
-  report = progress.Reporter(
-      writer, total=total, start=start, batch_size=config.train.batch_size,
-      every_seconds=config.train.log_every_seconds, loss_key='total_loss',
+  def batches(first):
+    return iter(input_pipeline.train_dataset(
+        config, process_index=jax.process_index(), process_count=jax.process_count(),
+        start_step=first).as_numpy_iterator())
+
+  return loop.run(
+      config, workdir, mngr=mngr, state=state, start=start, total=total, step_fn=train_step,
+      batches=batches, mesh=mesh, writer=writer, loss_key='total_loss',
       describe=lambda m: (f'loss {m["contrast_loss"]:.4f} contrast_acc {m["contrast_acc"]:.3f} '
                           + (f'probe_acc {m["supervised_acc"]:.3f} ' if 'supervised_acc' in m
-                             else '') + f'lr {m["learning_rate"]:.4f}'))
-  for step in range(start, total):
-    batch = sharding.global_batch(next(data), mesh)
-    state, metrics = train_step(state, batch)
-    report.step_done(step, metrics)
-    is_last = step + 1 == total
-    if (step + 1) % config.train.checkpoint_every_steps == 0 or is_last:
-      checkpointing.save(mngr, step + 1, state)
-    if every and (step + 1) % every == 0 and not is_last:
-      t_eval = time.time()
-      eval_fn(state, step + 1)
-      report.exclude(time.time() - t_eval)
-  seconds = report.seconds()
-  mngr.wait_until_finished()
-  mngr.close()
-  return state, report.last, seconds
+                             else '') + f'lr {m["learning_rate"]:.4f}'),
+      eval_fn=eval_fn,
+      eval_every=eval_every_steps(config, info.num_train) if eval_fn is not None else 0)
 
 
 def monitor(config, info, mesh, outputs_fn, variables) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -178,6 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   t0 = time.time()
   validation.validate(config, jax.device_count(), jax.process_count())
   checkpointing.check_workdir_writable(workdir)
+  cluster.check_shared_workdir(workdir)
   info = input_pipeline.get_info(config)  # Fails fast, with instructions, if data is missing.
   mesh = sharding.make_mesh()
   model = models.build_model(config, info.num_classes)
@@ -198,7 +185,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     history.append(dict(metrics, step=step))
     return features
 
-  state, last, train_seconds = pretrain(config, workdir, info, mesh, init_fn, writer, eval_fn)
+  run = pretrain(config, workdir, info, mesh, init_fn, writer, eval_fn)
+  state, last, train_seconds = run.state, run.last_metrics, run.train_seconds
   step = int(jax.device_get(state.step))
   progress.say('Pretraining done; evaluating the online probe, kNN and linear probes on frozen '
                'features...')

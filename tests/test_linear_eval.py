@@ -284,3 +284,20 @@ def test_eval_configs_follow_the_paper():
     assert (lin.optim.learning_rate, lin.train.epochs, lin.optim.weight_decay) == (0.1, 100, 0.0)
   assert cifar10_r50.get_config('pretrain').model.resnet_depth == 50
   assert cifar10_r50.get_config('pretrain').train.batch_size == 1024
+
+
+@pytest.mark.parametrize('pc', [2, 4])
+def test_feature_batches_each_example_once_per_global_batch(pc):
+  """precompute_features on P processes: the processes' rows make up the 1-process batch, so
+  each step trains on every example of the global batch once (not on P copies of it)."""
+  x = np.arange(40, dtype=np.float32)[:, None]
+  y = np.arange(40, dtype=np.int32)
+  ref = linear_eval.feature_batches(x, y, 8, seed=3, start_step=2)
+  parts = [linear_eval.feature_batches(x, y, 8, seed=3, start_step=2, process_index=p,
+                                       process_count=pc) for p in range(pc)]
+  for _ in range(7):  # Across an epoch boundary (5 batches per epoch).
+    want = next(ref)
+    got = [next(it) for it in parts]
+    assert all(len(g['label']) == 8 // pc for g in got)
+    np.testing.assert_array_equal(np.concatenate([g['label'] for g in got]), want['label'])
+    assert len(set(want['label'])) == 8

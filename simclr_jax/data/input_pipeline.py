@@ -275,13 +275,15 @@ def _check_split(config, builder, split: str) -> None:
 def eval_batches(config: ml_collections.ConfigDict, split: str, *, global_batch: int,
                  process_index: int, process_count: int,
                  num_examples: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
-  """Every example of `split` exactly once: {'image' uint8 [b,H,W,3], 'label', 'mask'} batches.
+  """Every example of `split` exactly once: {'image' uint8 [b,H,W,3], 'label', 'mask', 'index'}
+  batches; 'index' int32 is the example's position in the split's stored order (-1: padding).
 
   The last batch is padded (mask 0). All processes yield the same number of batches, as the
   step needs every process to contribute. `num_examples` is the whole split's size.
   """
   b = per_process_batch(global_batch, process_count)
   src, _, total = source(config, split, process_index, process_count)
+  lo = shard_bounds(total, process_index, process_count)[0]
   if num_examples is None:
     num_examples = total  # (Shares differ by one: every process must use the split's size.)
   max_share = -(-num_examples // process_count)
@@ -293,14 +295,17 @@ def eval_batches(config: ml_collections.ConfigDict, split: str, *, global_batch:
 
   ds = src.map(prep, num_parallel_calls=tf.data.AUTOTUNE).batch(b).prefetch(2)
   it = ds.as_numpy_iterator()
-  for _ in range(num_batches):
+  for j in range(num_batches):
     batch = next(it, None)
     if batch is None:
       batch = {'image': np.zeros((0, size, size, 3), np.uint8), 'label': np.zeros((0,), np.int32)}
     k = len(batch['label'])
     mask = np.zeros((b,), np.float32)
     mask[:k] = 1.0
-    yield {'image': _pad(batch['image'], b), 'label': _pad(batch['label'], b), 'mask': mask}
+    index = np.full((b,), -1, np.int32)
+    index[:k] = lo + j * b + np.arange(k)
+    yield {'image': _pad(batch['image'], b), 'label': _pad(batch['label'], b), 'mask': mask,
+           'index': index}
 
 
 def _pad(x: np.ndarray, b: int) -> np.ndarray:

@@ -1,0 +1,78 @@
+"""The one training loop behind every job (pretraining, linear evaluation, fine-tuning).
+
+It restores the workdir's latest checkpoint, then for each step: host-local batch -> global
+arrays -> jitted step -> progress/scalars; checkpoints on a step cadence and at the end; optional
+evaluations on a step cadence. Every decision that ends or pauses the job (checkpoint, eval,
+stop on a non-finite loss) is a function of the step alone, so all hosts of a pod take it at the
+same step.
+"""
+
+import dataclasses
+import time
+from typing import Any, Callable, Iterator, Optional
+
+import ml_collections
+
+from simclr_jax import checkpointing
+from simclr_jax import progress
+from simclr_jax import sharding
+
+
+@dataclasses.dataclass
+class Result:
+  state: Any
+  last_metrics: dict  # The latest progress report's metrics.
+  train_seconds: float  # Wall clock of the loop, evaluations excluded.
+  start_step: int  # 0, or the step a resume started from.
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str, state: Any):
+  """(manager, state restored from the workdir's latest checkpoint or `state`, its step)."""
+  mngr = checkpointing.manager(workdir, keep=config.train.keep_checkpoints)
+  state, start = checkpointing.restore_latest(mngr, state)
+  if start:
+    progress.say(f'Resumed from {workdir}/checkpoints at step {start}.')
+  return mngr, state, start
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, mngr, state: Any, start: int,
+        total: int, step_fn: Callable, batches: Callable[[int], Iterator], mesh, writer,
+        loss_key: str, describe: Callable[[dict], str], unit: str = 'img/s',
+        eval_fn: Optional[Callable[[Any, int], Any]] = None, eval_every: int = 0) -> Result:
+  """Steps `start`..`total`-1 of `step_fn(state, global_batch) -> (state, metrics)`.
+
+  `batches(start)` yields host-local batches from step `start`; `eval_fn(state, step)` runs
+  every `eval_every` steps except the last (the caller evaluates the final state); its time is
+  left out of img/s, ETA and train_seconds.
+  """
+  t = config.train
+  report = progress.Reporter(
+      writer, total=total, start=start, batch_size=t.batch_size,
+      every_seconds=t.log_every_seconds, loss_key=loss_key, describe=describe, unit=unit,
+      check_every=t.check_finite_every_steps)
+  data = batches(start)
+  try:
+    for step in range(start, total):
+      state, metrics = step_fn(state, sharding.global_batch(next(data), mesh))
+      report.step_done(step, metrics)
+      done = step + 1
+      if done % t.checkpoint_every_steps == 0 or done == total:
+        report.check_finite()  # Never save a NaN state over a good one.
+        checkpointing.save(mngr, done, state)
+      if eval_every and done % eval_every == 0 and done != total:
+        t_eval = time.time()
+        eval_fn(state, done)
+        report.exclude(time.time() - t_eval)
+  except progress.NonFiniteLossError as e:
+    mngr.wait_until_finished()
+    good = mngr.latest_step()
+    where = (f'the last good checkpoint is step {good} in {workdir}/checkpoints (rerun the '
+             'same command to resume from it, e.g. with a lower learning rate)'
+             if good is not None else 'no checkpoint was written before it')
+    raise progress.NonFiniteLossError(f'{e} Stopped; {where}.', e.step) from None
+  finally:
+    del data  # Ends the tf.data iterator (and its generator thread) before interpreter exit.
+  seconds = report.seconds()
+  mngr.wait_until_finished()
+  mngr.close()
+  return Result(state, report.last, seconds, start)
