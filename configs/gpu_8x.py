@@ -10,9 +10,11 @@ Under SLURM (one process per GPU; see launch/README.md):
 
 B=4096 is kept (512 images, 1024 views per GPU) so that the recipe, learning rate and expected
 accuracy are the paper's: 64.5% linear-eval top-1 after 100 epochs. Memory is not measured on a
-GPU. XLA's CPU compiler puts this step's activations at ~0.25 GiB per image in float32 (~128 GiB
-at 512 per device); bf16 should roughly halve that, which is over the 75% of HBM that JAX
-pre-allocates by default, hence the memory fraction above. If it still runs out of memory, pass
+GPU. The compile-only plan (`python -m simclr_jax.plan --config=configs/gpu_8x.py`, README) puts
+this step at 145 GiB per GPU by XLA:CPU's count (about 0.28 GiB per pair; bf16 does not shrink it
+there, as the CPU compiler runs bf16 convolutions in float32), about twice an H100's 80 GB, and
+B=2048 at 73 GiB. A GPU compile fuses and rematerialises differently, so try B=4096 first with the
+memory fraction above (JAX pre-allocates 75% of HBM by default). If it runs out of memory, pass
 --config.train.batch_size=2048 (the learning rate is rescaled from it; the paper's Fig. 9 shows a
 small accuracy cost at 100 epochs). Speed is not measured yet; the host CPUs, which decode and
 augment every image for all 8 GPUs, may set it before the GPUs do.

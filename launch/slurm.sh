@@ -110,12 +110,10 @@ if (( ! in_job )); then
   (( dry_run )) || exit 0
 fi
 
-# simclr_jax.main starts jax.distributed (which reads the SLURM_* variables) on its own; a main.py
-# from before simclr_jax/cluster.py needs this variable.
+# simclr_jax.main starts jax.distributed (which reads the SLURM_* variables) on its own.
 export_var() {
   if (( dry_run )); then echo "export $1=$(quote "$2")"; else export "$1=$2"; fi
 }
-export_var SIMCLR_MULTIHOST 1
 if [[ $PROCESS_PER == node ]]; then
   ids="$(seq -s, 0 $(( GPUS_PER_NODE - 1 )))"
   export_var JAX_LOCAL_DEVICE_IDS "$ids"

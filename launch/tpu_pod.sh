@@ -179,15 +179,13 @@ shared mount)"
     fi
     main="python3 -m simclr_jax.main --config=$(quote "$config") --workdir=$(quote "$workdir")"
     for a in "${main_args[@]}"; do main+=" $(quote "$a")"; done
-    multihost=''
-    # simclr_jax.main starts jax.distributed (which reads the slice's layout from the TPU VM
-    # metadata) on its own; a main.py from before simclr_jax/cluster.py needs this variable.
-    (( hosts == 1 )) || multihost='export SIMCLR_MULTIHOST=1; '
+    # simclr_jax.main starts jax.distributed on its own: JAX reads the slice's layout from the
+    # TPU VM metadata.
     ssh_workers all "set -e; cd ~/$REMOTE_CODE; . ~/$REMOTE_VENV/bin/activate; \
 mkdir -p ~/$REMOTE_LOGS; \
 if $PGREP_MAIN > /dev/null; then \
 echo \"\$(hostname): simclr_jax.main is already running\" >&2; exit 1; fi; \
-${multihost}nohup $main > $log_file 2>&1 < /dev/null & \
+nohup $main > $log_file 2>&1 < /dev/null & \
 echo \"\$(hostname): started, log $log_file\""
     ;;
 

@@ -135,7 +135,7 @@ def test_run_is_one_ssh_with_the_same_main_command_on_all_workers(sandbox, tpu, 
           '--config.data.data_dir=gs://bkt/tfds')
   assert remote.count('python3 -m simclr_jax.main') == 1
   assert f'nohup {main} > ~/simclr_logs/simclr-$(hostname).log 2>&1 < /dev/null &' in remote
-  assert 'export SIMCLR_MULTIHOST=1' in remote  # Multi-host: main initialises jax.distributed.
+  assert 'SIMCLR_MULTIHOST' not in remote  # main detects the slice itself (cluster.py).
   assert 'delete' not in remote
 
 
@@ -150,7 +150,7 @@ def test_run_remote_command_starts_main_with_exact_arguments(sandbox, tmp_path):
   argv_file = tmp_path / 'argv'
   (fake_bin / 'activate').write_text(f'PATH={fake_bin}:$PATH\n')
   (fake_bin / 'python3').write_text(
-      f'#!/bin/sh\necho "$SIMCLR_MULTIHOST $PWD" > {argv_file}.tmp\n'
+      f'#!/bin/sh\necho "$PWD" > {argv_file}.tmp\n'
       f'printf "%s\\n" "$@" >> {argv_file}.tmp\nmv {argv_file}.tmp {argv_file}\n')
   (fake_bin / 'python3').chmod(0o755)
   env = {'HOME': str(home), 'PATH': os.environ['PATH']}
@@ -162,7 +162,7 @@ def test_run_remote_command_starts_main_with_exact_arguments(sandbox, tmp_path):
   while not argv_file.exists() and time.time() < deadline:
     time.sleep(0.05)
   first, *argv = argv_file.read_text().splitlines()
-  assert first == f'1 {home / "simclr_jax"}'
+  assert first == str(home / 'simclr_jax')
   assert argv == ['-m', 'simclr_jax.main', '--config=configs/tpu_v3_128.py',
                   f'--workdir={WORKDIR}', odd]
   hostname = subprocess.run(['hostname'], capture_output=True, text=True).stdout.strip()
@@ -302,7 +302,7 @@ def test_slurm_dry_run_tasks_per_node(sandbox, process_per, nodes, gpus, tasks):
   i = srun.index('python3')
   assert srun[i:] == ['python3', '-m', 'simclr_jax.main', '--config=configs/gpu_8x.py',
                       '--workdir=/shared/w', '--config.train.epochs=1']
-  assert exports['SIMCLR_MULTIHOST'] == '1'
+  assert 'SIMCLR_MULTIHOST' not in exports
   if process_per == 'node':  # Otherwise JAX's SLURM detection pins the process to GPU 0.
     assert exports['JAX_LOCAL_DEVICE_IDS'] == ','.join(map(str, range(gpus)))
   else:
@@ -320,7 +320,7 @@ def test_slurm_inside_job_runs_srun_with_the_exports(sandbox):
   assert rc == 97  # The stub srun ran, with the variables exported to it.
   call = sandbox[1].read_text()
   assert call.startswith('srun --nodes=3 --ntasks-per-node=1 --gpus-per-node=8 --label python3 ')
-  assert 'JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7 SIMCLR_MULTIHOST=1' in call
+  assert 'JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7 SIMCLR_MULTIHOST=' in call  # Not set.
 
 
 def test_slurm_header_defaults_match_the_submit_path(sandbox):
