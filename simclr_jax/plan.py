@@ -40,11 +40,17 @@ import numpy as np
 from simclr_jax import chips
 from simclr_jax.data import embedded
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Path to an ml_collections config file, e.g. configs/tpu_v3_128.py.',
-    lock_config=True)
-_NUM_DEVICES = flags.DEFINE_integer('num_devices', None, 'Overrides config.hardware.num_devices.')
-_CHIP = flags.DEFINE_string('chip', None, f'Overrides config.hardware.chip; one of {chips.KEYS}.')
+_FLAGS = {}  # Defined only when run as a program: importing the module must not claim --config.
+
+
+def _define_flags() -> None:
+  _FLAGS['config'] = config_flags.DEFINE_config_file(
+      'config', None, 'Path to an ml_collections config file, e.g. configs/tpu_v3_128.py.',
+      lock_config=True)
+  _FLAGS['num_devices'] = flags.DEFINE_integer('num_devices', None,
+                                               'Overrides config.hardware.num_devices.')
+  _FLAGS['chip'] = flags.DEFINE_string('chip', None,
+                                       f'Overrides config.hardware.chip; one of {chips.KEYS}.')
 
 # Train-split sizes from the TFDS catalogue, so a plan needs no prepared data: {name: (classes,
 # {split: examples})}.
@@ -253,9 +259,9 @@ def format_plan(config, plan: Plan, chip: chips.Chip, chip_key: str, num_train: 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
-  chip_key = _CHIP.value or config.hardware.chip
-  n = _NUM_DEVICES.value or config.hardware.num_devices
+  config = _FLAGS['config'].value
+  chip_key = _FLAGS['chip'].value or config.hardware.chip
+  n = _FLAGS['num_devices'].value or config.hardware.num_devices
   try:
     if chip_key not in chips.KEYS:
       raise PlanError(f'unknown chip {chip_key!r} (--chip / config.hardware.chip); allowed: '
@@ -281,4 +287,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)
