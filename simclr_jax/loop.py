@@ -3,14 +3,24 @@
 It restores the workdir's latest checkpoint, then for each step: host-local batch -> global
 arrays -> jitted step -> progress/scalars; checkpoints on a step cadence and at the end; optional
 evaluations on a step cadence. Every decision that ends or pauses the job (checkpoint, eval,
-stop on a non-finite loss) is a function of the step alone, so all hosts of a pod take it at the
-same step.
+stop on a non-finite loss, preemption) is taken by all hosts of a pod at the same step.
+
+Preemption (how TPU VMs and most clusters stop a job): on SIGTERM the loop finishes the current
+step, saves a checkpoint, waits until it is final and raises `Preempted`; a second SIGTERM exits
+at once. With several processes JAX's preemption service (started by jax.distributed) catches
+the signal and agrees on the step (multihost_utils.reached_preemption_sync_point).
 """
 
 import dataclasses
+import os
+import signal
+import sys
+import threading
 import time
 from typing import Any, Callable, Iterator, Optional
 
+import jax
+from jax.experimental import multihost_utils
 import ml_collections
 
 from simclr_jax import checkpointing
@@ -24,6 +34,50 @@ class Result:
   last_metrics: dict  # The latest progress report's metrics.
   train_seconds: float  # Wall clock of the loop, evaluations excluded.
   start_step: int  # 0, or the step a resume started from.
+
+
+class Preempted(Exception):
+  """The job saved a checkpoint at `step` and stopped on SIGTERM; rerun the command to resume."""
+
+  def __init__(self, step: int, directory: str):
+    super().__init__(f'Preempted (SIGTERM): stopped after step {step} with a checkpoint of it in '
+                     f'{directory}; rerun the same command to resume.')
+    self.step = step
+
+
+class _SigtermWatch:
+  """Turns the first SIGTERM into a request to stop at a step boundary; a second one exits now.
+
+  Single process: a Python handler. Several processes: JAX's preemption service owns SIGTERM and
+  every process asks it at every step whether this is the agreed step to stop.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self.previous = None
+
+  def __enter__(self):
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.requested:
+      print('Second SIGTERM: exiting at once, without a checkpoint.', file=sys.stderr, flush=True)
+      os._exit(128 + signum)  # pylint: disable=protected-access
+    self.requested = True
+    print('SIGTERM: finishing the current step, then saving a checkpoint and exiting (send it '
+          'again to exit at once).', file=sys.stderr, flush=True)
+
+  def stop_at(self, done: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(done)
+    return self.requested
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str, state: Any):
@@ -51,23 +105,30 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mngr, state: Any, st
       every_seconds=t.log_every_seconds, loss_key=loss_key, describe=describe, unit=unit,
       check_every=t.check_finite_every_steps)
   data = batches(start)
+  watch = _SigtermWatch()
   try:
-    for step in range(start, total):
-      state, metrics = step_fn(state, sharding.global_batch(next(data), mesh))
-      report.step_done(step, metrics)
-      done = step + 1
-      if done % t.checkpoint_every_steps == 0 or done == total:
-        report.check_finite()  # Never save a NaN state over a good one.
-        checkpointing.save(mngr, done, state)
-      if eval_every and done % eval_every == 0 and done != total:
-        t_eval = time.time()
-        eval_fn(state, done)
-        report.exclude(time.time() - t_eval)
+    with watch:
+      for step in range(start, total):
+        state, metrics = step_fn(state, sharding.global_batch(next(data), mesh))
+        report.step_done(step, metrics)
+        done = step + 1
+        preempted = watch.stop_at(done)
+        if done % t.checkpoint_every_steps == 0 or done == total or preempted:
+          report.check_finite()  # Never save a NaN state over a good one.
+          checkpointing.save(mngr, done, state)
+        if preempted:
+          mngr.wait_until_finished()
+          mngr.close()
+          raise Preempted(done, str(mngr.directory))
+        if eval_every and done % eval_every == 0 and done != total:
+          t_eval = time.time()
+          eval_fn(state, done)
+          report.exclude(time.time() - t_eval)
   except progress.NonFiniteLossError as e:
     mngr.wait_until_finished()
     good = mngr.latest_step()
-    where = (f'the last good checkpoint is step {good} in {workdir}/checkpoints (rerun the '
-             'same command to resume from it, e.g. with a lower learning rate)'
+    where = (f'the last good checkpoint is step {good} in {workdir}/checkpoints (to resume '
+             'from it with a lower optim.learning_rate, add --allow_config_change)'
              if good is not None else 'no checkpoint was written before it')
     raise progress.NonFiniteLossError(f'{e} Stopped; {where}.', e.step) from None
   finally:

@@ -8,6 +8,7 @@ On multi-host TPU pods every host runs this same command.
 """
 
 import os
+import re
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before TF is imported anywhere.
@@ -30,7 +31,49 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'Multi-process runs: this process, 0..num_processes-1 (or env '
     'JAX_PROCESS_ID).')
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False, 'Resume a workdir whose checkpoints were trained with a '
+    'config that differs in the model, data or optimiser (refused otherwise).')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+EXIT_INPUT_ERROR = 2  # Bad input: nothing was compiled or written.
+EXIT_PREEMPTED = 143  # 128 + SIGTERM: stopped with a checkpoint; rerun to resume.
+
+
+def _fail(msg: str, code: int = EXIT_INPUT_ERROR) -> None:
+  print(f'error: {msg}', file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every error as one `error:` line and exit status 2 (a mistyped
+  config key otherwise ends in a long ml_collections traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:  # Bad value, missing required flag, unknown flag.
+    _fail(f'{e}')
+  except (AttributeError, KeyError) as e:  # A config key that does not exist.
+    _fail(_unknown_key_message(argv, e))
+  except (OSError, ImportError, SyntaxError) as e:  # The --config file itself.
+    _fail(f'--config: {" ".join(str(e).split())}')
+  return []
+
+
+def _unknown_key_message(argv: list[str], e: Exception) -> str:
+  text = str(e.args[0] if e.args else e).replace('\\n', ' ').replace('\n', ' ')
+  text = ' '.join(text.replace("\\'", "'").split()).strip('"\'')
+  key = re.match(r"'?([A-Za-z0-9_]+)", text)
+  key = key.group(1) if key else ''
+  for arg in argv[1:]:
+    name = arg.split('=', 1)[0]
+    if name.startswith('--config.') and key and key in name.split('.'):
+      parts = name[2:].split('.')
+      group = '.'.join(parts[:parts.index(key)])
+      hint = re.search(r'Did you mean "([^"]+)"', text)
+      return (f'{arg}: {group} has no key {key!r}' +
+              (f'; did you mean {group}.{hint.group(1)}?' if hint else
+               '; see configs/default.py for every key.'))
+  return f'unknown config key: {text}'
 
 
 def _hide_accelerators_from_tf() -> None:
@@ -48,15 +91,24 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax/TF INFO chatter would bury the progress lines.
+  try:  # The config file loads lazily: touch it before anything expensive.
+    config = _CONFIG.value
+    config.mode  # pylint: disable=pointless-statement
+  except (OSError, ImportError, SyntaxError, AttributeError) as e:  # Missing or broken file.
+    lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()] or [repr(e)]
+    path = next((a.split('=', 1)[1] for a in sys.argv if a.startswith('--config=')), '?')
+    _fail(f'--config={path} cannot be loaded ({lines[-1][:200]}); pass an ml_collections config '
+          'file with get_config(), e.g. configs/default.py.')
   _hide_accelerators_from_tf()
   import jax  # pylint: disable=g-import-not-at-top
   from simclr_jax import cluster  # pylint: disable=g-import-not-at-top
   try:  # Before anything touches a backend: every host of a pod runs this same command.
     how = cluster.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   except cluster.ClusterError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
+  from simclr_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from simclr_jax import linear_eval  # pylint: disable=g-import-not-at-top
+  from simclr_jax import loop  # pylint: disable=g-import-not-at-top
   from simclr_jax import train  # pylint: disable=g-import-not-at-top
   from simclr_jax import validation  # pylint: disable=g-import-not-at-top
   from simclr_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -64,19 +116,23 @@ def main(argv):
   progress.say(f'JAX: {how}; process {jax.process_index()} of {jax.process_count()}, '
                f'{jax.device_count()} {jax.default_backend()} device(s) '
                f'({jax.local_device_count()} local).')
-  config = _CONFIG.value
   jobs = {'pretrain': train.train_and_evaluate, 'linear_eval': linear_eval.run,
           'finetune': linear_eval.run}
   try:
     if config.mode not in jobs:
       raise validation.ConfigError(f'config.mode={config.mode!r} is invalid; allowed: '
                                    f'{tuple(jobs)}.')
-    jobs[config.mode](config, _WORKDIR.value)
-  except (validation.ConfigError, input_pipeline.DataNotReadyError, PermissionError,
-          cluster.ClusterError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    jobs[config.mode](config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except (validation.ConfigError, input_pipeline.DataNotReadyError,
+          input_pipeline.DataConfigError, input_pipeline.UnlabelledError, PermissionError,
+          cluster.ClusterError, checkpointing.ConfigChangeError) as e:
+    _fail(str(e))
+  except loop.Preempted as e:
+    progress.say(str(e))
+    sys.exit(EXIT_PREEMPTED)
+  except progress.NonFiniteLossError as e:
+    _fail(str(e), code=1)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -9,6 +9,8 @@ import functools
 
 import numpy as np
 
+from simclr_jax.data import errors
+
 NAME = 'embedded_mnist'
 NUM_CLASSES = 10
 TRAIN_PER_CLASS = 400
@@ -18,7 +20,7 @@ SPLITS = ('train', 'test')
 def load(split: str) -> tuple[np.ndarray, np.ndarray]:
   """Returns (images uint8 [n, 28, 28, 3], labels int32 [n]) for 'train' or 'test'."""
   if split not in SPLITS:
-    raise ValueError(
+    raise errors.DataConfigError(
         f'config.data.train_split/eval_split={split!r} is not a split of {NAME}; '
         f'allowed: {list(SPLITS)}.')
   images, labels = _load_all()

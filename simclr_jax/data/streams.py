@@ -25,6 +25,8 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
+from simclr_jax.data import errors
+
 INTERLEAVE = 16  # Files read at once by one process (record by record, deterministic order).
 
 
@@ -53,7 +55,7 @@ def memory_stream(examples: dict, *, global_batch: int, process_index: int, proc
   """
   n = len(examples['label'])
   if n < global_batch:
-    raise ValueError(f'config.train.batch_size={global_batch} exceeds the {n} training examples.')
+    raise errors.DataConfigError(f'config.train.batch_size={global_batch} exceeds the {n} training examples.')
   b = global_batch // process_count
   first = start_step * global_batch
   perm = functools.lru_cache(maxsize=2)(
@@ -90,7 +92,7 @@ def file_stream(files: list, *, b: int, process_index: int, process_count: int,
   parsed); `keep`: optional bool [examples in split] mask (label fractions), by stored position.
   """
   if len(files) < process_count:
-    raise ValueError(
+    raise errors.DataConfigError(
         f'the split has {len(files)} file(s), fewer than the {process_count} processes that '
         'each read their own files: set config.data.cache=True (the split then sits in every '
         "host's memory), or prepare the data set with more shards.")
@@ -102,7 +104,7 @@ def file_stream(files: list, *, b: int, process_index: int, process_count: int,
   else:
     n = int(sum(keep[offsets[i]:offsets[i] + takes[i]].sum() for i in mine))
   if n < b:
-    raise ValueError(f'each of the {process_count} process(es) needs {b} examples per batch '
+    raise errors.DataConfigError(f'each of the {process_count} process(es) needs {b} examples per batch '
                      f'(config.train.batch_size) but process {process_index} holds {n}.')
   names = tf.constant([files[i].filename for i in mine])
   skips = tf.constant([files[i].skip for i in mine], tf.int64)
