@@ -63,7 +63,8 @@ def restore_latest(mngr: ocp.CheckpointManager, state: Any) -> tuple[Any, int]:
   """
   from simclr_jax import cluster  # pylint: disable=g-import-not-at-top
   from simclr_jax import progress  # pylint: disable=g-import-not-at-top
-  for step in sorted(mngr.all_steps(read=True), reverse=True):
+  mngr.reload()  # Another process may have written since the manager was created.
+  for step in sorted(mngr.all_steps(), reverse=True):
     reason = None
     try:
       restored = restore(mngr, state, step)

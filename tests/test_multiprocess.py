@@ -9,6 +9,9 @@ import glob
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -152,3 +155,45 @@ def test_workdir_not_shared_by_the_processes_stops_before_training(tmp_path):
     assert 'error: --workdir=' in r.stderr and 'is not shared by all 2 processes' in r.stderr
     assert 'process(es) 1 cannot see a file that process 0 wrote' in r.stderr
     assert not os.path.exists(tmp_path / f'host{i}' / 'run' / 'checkpoints')
+
+
+def test_sigterm_to_every_process_stops_all_at_one_step_with_a_checkpoint(tmp_path):
+  """A pod's preemption: every host gets SIGTERM; JAX's preemption service picks one step for
+  all, both processes save it together and exit with 143."""
+  workdir = tmp_path / 'preempted'
+  port = multiprocess.free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, *_ARGS[:3], '--config.train.steps=400',
+       '--config.train.checkpoint_every_steps=1000', '--config.train.log_every_seconds=0',
+       '--config.eval.baselines=False', f'--workdir={workdir}',
+       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
+      cwd=multiprocess.ROOT, env=multiprocess.env_for(4), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    for line in procs[0].stdout:
+      if line.startswith('[  3/400]'):
+        break
+    for p in procs:
+      p.send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=240) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert [p.returncode for p in procs] == [143, 143], [o[1][-2000:] for o in outs]
+  stopped = [l for l in outs[0][0].splitlines() if l.startswith('Preempted (SIGTERM)')]
+  assert len(stopped) == 1
+  step = int(stopped[0].split('after step ')[1].split()[0])
+  assert 3 <= step < 400
+  assert sorted(os.listdir(workdir / 'checkpoints')) == [str(step)]
+  assert int(_params_step(str(workdir), step)) == step
+
+
+def _params_step(workdir, step):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'checkpoints', str(step), 'default')
+  ckptr = ocp.PyTreeCheckpointer()
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                      ckptr.metadata(path).item_metadata)
+  return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))['step']
