@@ -34,5 +34,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['simclr_jax', 'simclr_jax.*']),
     python_requires='>=3.10',
     install_requires=INSTALL_REQUIRES,
-    extras_require={'test': ['pytest==9.2.0']},
+    # nbclient/nbformat/ipykernel: tests/test_load.py executes notebooks/load_checkpoint.ipynb
+    # (ipykernel's wheel installs the 'python3' kernel spec into the venv itself).
+    extras_require={'test': ['pytest==9.2.0', 'nbclient==0.11.0', 'nbformat==5.11.1',
+                             'ipykernel==7.4.0']},
 )

@@ -5,7 +5,9 @@
 
 The architecture comes from PRETRAIN_WORKDIR/config.json (every `model` field except
 `ft_proj_selector`, plus `data.image_size`, which picks the stem); params and BN statistics come
-from its latest checkpoint. Then, as the official code (tf2/model.py, tf2/resnet.py) does:
+from its latest checkpoint, read by load.load_encoder (init_checkpoint may also name one
+checkpoint, PRETRAIN_WORKDIR/checkpoints/<step>). Then, as the official code (tf2/model.py,
+tf2/resnet.py) does:
 
 - 'linear_eval': the encoder (and the projection layers feeding the head) run in inference mode
   (BN moving averages) under stop_gradient; only a fresh Dense(num_classes) head trains (N(0, 0.01)
@@ -45,11 +47,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from simclr_jax import checkpointing
 from simclr_jax import cluster
 from simclr_jax import evaluate
+from simclr_jax import load
 from simclr_jax import loop
 from simclr_jax import losses
 from simclr_jax import models
@@ -161,33 +163,19 @@ def l2_loss(params, labels, config) -> jax.Array:
 # ---- restoring the pretraining run ----
 
 
-def pretraining_run(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, int]:
-  """(the pretraining config, latest checkpoint step) of config.init_checkpoint; a clear
-  ConfigError, before anything is compiled, if it is not a pretraining workdir with a checkpoint."""
+def pretraining_run(config: ml_collections.ConfigDict) -> load.Checkpoint:
+  """The checkpoint config.init_checkpoint names (a pretraining workdir: its newest checkpoint;
+  or one of its checkpoints/<step> directories), with the run's config; a clear ConfigError,
+  before anything is compiled, if it is not a pretraining workdir with a checkpoint."""
   src = config.init_checkpoint
   if not src:
     raise validation.ConfigError(
         f'config.mode={config.mode!r} needs --config.init_checkpoint=PRETRAIN_WORKDIR (the '
         '--workdir of a pretraining run, holding config.json and checkpoints/).')
-  path = epath.Path(src)
-  if not (path / checkpointing.CONFIG_FILE).exists():
-    raise validation.ConfigError(
-        f'config.init_checkpoint={src!r} has no {checkpointing.CONFIG_FILE}: pass the --workdir '
-        'of a simclr_jax pretraining run.')
-  pre = checkpointing.read_config(src)
-  if pre.get('mode', 'pretrain') != 'pretrain':
-    raise validation.ConfigError(
-        f'config.init_checkpoint={src!r} is a {pre.mode!r} run; pass a pretraining workdir.')
-  step = None
-  if (path / checkpointing.CHECKPOINT_DIR).exists():
-    mngr = checkpointing.manager(src, create=False)
-    step = mngr.latest_step()
-    mngr.close()
-  if step is None:
-    raise validation.ConfigError(
-        f'config.init_checkpoint={src!r} has no checkpoint in '
-        f'{path / checkpointing.CHECKPOINT_DIR}: pretrain first (or wait for its first save).')
-  return pre, int(step)
+  try:
+    return load.locate(src)
+  except (FileNotFoundError, ValueError) as e:  # No config.json or checkpoint; not pretraining.
+    raise validation.ConfigError(f'config.init_checkpoint={src!r}: {e}') from e
 
 
 def merged_config(config: ml_collections.ConfigDict,
@@ -207,17 +195,9 @@ def merged_config(config: ml_collections.ConfigDict,
 
 
 def restore_pretrained(workdir: str, step: int, mesh) -> dict[str, Any]:
-  """{'params', 'batch_stats'} of a pretraining checkpoint, replicated on `mesh`; the optimiser
+  """{'params', 'batch_stats'} of a simclr_jax checkpoint, replicated on `mesh`; the optimiser
   state is not read."""
-  path = epath.Path(workdir) / checkpointing.CHECKPOINT_DIR / str(step) / 'default'
-  ckptr = ocp.PyTreeCheckpointer()
-  meta = ckptr.metadata(path).item_metadata
-  rep = sharding.replicated(mesh)
-  abstract = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep),
-                              meta[k]) for k in ('params', 'batch_stats')}
-  return ckptr.restore(path, args=ocp.args.PyTreeRestore(
-      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-      partial_restore=True))
+  return load.restore_variables(workdir, step, sharding.replicated(mesh))
 
 
 def init_variables(model: Classifier, pretrained: dict[str, Any], config, mesh
@@ -349,11 +329,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   results dict (also written to workdir/results.json)."""
   t0 = time.time()
   check_config(config)
-  pre, init_step = pretraining_run(config)
-  if os.path.abspath(workdir) == os.path.abspath(config.init_checkpoint):
+  pre = pretraining_run(config)
+  init_step = pre.step
+  if os.path.abspath(workdir) == os.path.abspath(pre.workdir):
     raise validation.ConfigError('--workdir must differ from config.init_checkpoint (the '
                                  'pretraining checkpoints would be mixed with this job\'s).')
-  config = merged_config(config, pre)
+  config = merged_config(config, pre.config)
   validation.validate(config, jax.device_count(), jax.process_count())
   checkpointing.check_workdir_writable(workdir)
   cluster.check_shared_workdir(workdir)
@@ -374,8 +355,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       + (f', label_fraction {config.data.label_fraction}' if config.data.label_fraction < 1
          else '') + ('; precomputed features' if precompute else '') + '.')
 
-  variables = init_variables(model, restore_pretrained(config.init_checkpoint, init_step, mesh),
-                             config, mesh)
+  encoder = load.load_encoder(pre.workdir, init_step, mesh=mesh)
+  variables = init_variables(model, encoder.variables, config, mesh)
   extra = {}
   if precompute:
     embed = functools.partial(evaluate.make_embed_fn(model.apply, mesh, 'head_input'), variables)
