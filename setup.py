@@ -23,7 +23,13 @@ INSTALL_REQUIRES = [
     'numpy>=2.0',
     'matplotlib>=3.8',
     'pillow>=10.0',
+    # simclr_jax.export writes safetensors (numpy API; no torch or TF needed).
+    'safetensors==0.8.0',
 ]
+
+# PyTorch for loading torchvision-named exports; the export tests run a torchvision-layout ResNet.
+# The CPU wheel; torchvision itself is not needed (tests/torch_resnet.py holds the architecture).
+TORCH = ['torch==2.13.0']
 
 setuptools.setup(
     name='simclr_jax',
