@@ -144,7 +144,12 @@ def test_any_size_one_image_floats_and_batches(run, test_digits, monkeypatch):
   # Batches of at most batch_size reach the device (padded to few shapes), whatever the input.
   seen = []
   fn = enc._fn('features')  # pylint: disable=protected-access
-  monkeypatch.setattr(enc, '_fn', lambda output: lambda v, x: (seen.append(x.shape[0]), fn(v, x))[1])
+
+  def spy(variables, x):
+    seen.append(x.shape[0])
+    return fn(variables, x)
+
+  monkeypatch.setattr(enc, '_fn', lambda output: spy)
   np.testing.assert_allclose(enc.embed(images, batch_size=16), h, rtol=1e-4, atol=1e-5)
   assert seen == [16, 16, 8]  # 37 = 16 + 16 + 5, the last padded to a multiple of 8 devices.
   for bad, match in ((images[..., :1], r'\[B, H, W, 3\]'), (images.astype(np.int32), 'dtype'),
