@@ -324,9 +324,11 @@ def _train(config, workdir, state, batches: Callable[[int], Iterator], forward, 
                           f'lr {m["learning_rate"]:.4f}'))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str,
+        allow_config_change: bool = False) -> dict[str, Any]:
   """Linear evaluation or fine-tuning (config.mode) from config.init_checkpoint; returns the
-  results dict (also written to workdir/results.json)."""
+  results dict (also written to workdir/results.json). A rerun on a workdir with checkpoints of
+  another config is refused unless `allow_config_change`."""
   t0 = time.time()
   check_config(config)
   pre = pretraining_run(config)
@@ -336,9 +338,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                  'pretraining checkpoints would be mixed with this job\'s).')
   config = merged_config(config, pre.config)
   validation.validate(config, jax.device_count(), jax.process_count())
+  info = input_pipeline.get_info(config)
+  checkpointing.check_resume_config(workdir, config, allow_config_change)
   checkpointing.check_workdir_writable(workdir)
   cluster.check_shared_workdir(workdir)
-  info = input_pipeline.get_info(config)
   mesh = sharding.make_mesh()
   model = build_classifier(config, info.num_classes)
   checkpointing.write_config(workdir, config)
