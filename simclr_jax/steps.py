@@ -52,12 +52,15 @@ def loss_and_grads(params, state: TrainState, batch: dict[str, jax.Array], *,
     metrics = dict(metrics, contrast_loss=con_loss, weight_decay=l2)
     if 'sup_logits' in outputs:
       labels = jnp.repeat(batch['label'], 2)  # Both views are classified.
-      sup = losses.supervised_loss(outputs['sup_logits'], labels)
+      # TFDS labels unlabelled examples -1 (stl10 'unlabelled'): the probe learns from the rest.
+      labelled = labels >= 0
+      sup = losses.supervised_loss(outputs['sup_logits'], jnp.maximum(labels, 0), labelled)
       total = total + sup
+      hits = (jnp.argmax(outputs['sup_logits'], -1) == labels) & labelled
       metrics.update(
           supervised_loss=sup,
-          supervised_acc=jnp.mean((jnp.argmax(outputs['sup_logits'], -1) == labels)
-                                  .astype(jnp.float32)))
+          supervised_acc=jnp.sum(hits.astype(jnp.float32))
+          / jnp.maximum(jnp.sum(labelled.astype(jnp.float32)), 1.0))
     metrics['total_loss'] = total
     return total, (metrics, new_vars['batch_stats'])
 
