@@ -172,7 +172,7 @@ def _tf2_model_resolver(reader, keys: set) -> Callable[[str], Optional[str]]:
 
 def open_checkpoint(path: str, ema: bool = False, skip: Optional[str] = None) -> Source:
   """Opens PATH (see checkpoint_prefix) and classifies its keys. `skip`: a regular expression of
-  further keys to leave out on purpose (listed in the summary, never silently)."""
+  further keys to leave out on purpose (counted in the summary, never silently)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   prefix = checkpoint_prefix(path)
   reader = tf.train.load_checkpoint(prefix)
@@ -180,6 +180,9 @@ def open_checkpoint(path: str, ema: bool = False, skip: Optional[str] = None) ->
   extra = re.compile(skip) if skip else None
   skipped, keys = [], set()
   tf2 = OBJECT_GRAPH in shapes or any(k.endswith(TF2_SUFFIX) for k in shapes)
+  if ema and (tf2 or not any(k.startswith(TF1_EMA_PREFIX) for k in shapes)):
+    raise ConversionError(f'{prefix}: ema=True, but it has no EMA copy ({TF1_EMA_PREFIX}...); '
+                          'only the TF1 SimCLRv2 checkpoints do.')
   pattern = TF2_SKIP if tf2 else TF1_SKIP
   for k in shapes:
     drop = bool(pattern.search(k) or (extra and extra.search(k)))

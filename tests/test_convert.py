@@ -187,6 +187,8 @@ def test_tf1_linear_head_without_supervised_head(small, tmp_path):
   prefix = ref.save_tf1(str(tmp_path / 'model.ckpt-7'), named)
   with pytest.raises(convert.ConversionError, match='sk_ratio'):  # TF1 names cannot show it.
     convert.from_official(prefix)
+  with pytest.raises(convert.ConversionError, match='no EMA copy'):
+    convert.from_official(prefix, sk_ratio=0.0, ema=True)
   config, variables = convert.from_official(prefix, sk_ratio=0.0)
   assert (config.model.proj_head_mode, config.model.proj_out_dim) == ('linear', 8)
   assert not config.train.lineareval_while_pretraining and config.converted_from.step == 7
