@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.data_dir = config_dict.placeholder(str)  # TFDS data_dir (local or gs://); None = TFDS default.
   config.data.train_split = 'train'  # Split used for pretraining (stl10: 'unlabelled').
   config.data.eval_split = 'test'  # Split used for evaluation.
+  # Labelled split of the kNN bank and the final linear probe (None = train_split; stl10: 'train',
+  # as its pretraining split 'unlabelled' has label -1, which no classifier may see).
+  config.data.probe_train_split = config_dict.placeholder(str)
   config.data.download = False  # Let TFDS download and prepare data; never at run time by default.
   config.data.image_size = 20  # Network input side in pixels (paper 224; CIFAR 32). 20 < 28: CPU speed.
   config.data.shuffle_buffer = 10_000  # Examples in the tf.data shuffle buffer.
@@ -94,13 +97,19 @@ def get_config() -> ml_collections.ConfigDict:
   # ---- eval: what runs after pretraining ----
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 512  # Global batch for feature extraction (padded and masked at the end).
-  config.eval.probe_steps = 500  # Full-batch optimisation steps of the final linear probe.
-  config.eval.probe_learning_rate = 0.01  # Adam learning rate of the final linear probe.
+  # Final linear probe on frozen, standardised features: Adam with a cosine decay, minibatches
+  # drawn from features sharded over the devices (per-device memory independent of the split size).
+  config.eval.probe_steps = 500  # Minibatch steps of the final linear probe.
+  config.eval.probe_batch_size = 1024  # Global minibatch of the final linear probe (examples).
+  config.eval.probe_learning_rate = 0.01  # Peak Adam learning rate of the final linear probe.
   config.eval.probe_weight_decay = 1e-4  # L2 penalty of the final linear probe (on standardised features).
   config.eval.baselines = True  # Also probe a random-init encoder and raw pixels.
   config.eval.knn_k = 200  # Neighbours of the kNN monitor (Wu et al. 2018: 200).
   config.eval.knn_temperature = 0.1  # kNN vote weight exp(cos_sim / T) (Wu et al. 2018: 0.1).
-  config.eval.knn_chunk_size = 1024  # Queries per kNN chunk (bounds memory at chunk x train-split size).
+  config.eval.knn_chunk_size = 1024  # Queries scored at once against every device's bank shard.
+  # kNN bank: the first knn_bank_size // num_classes examples of every class of the probe split in
+  # stored order (0 = the whole split). Sets the monitor's cost; ImageNet configs use 100,000.
+  config.eval.knn_bank_size = 0
   config.eval.embedding_plot_points = 1000  # Eval-split points in workdir/embeddings.png (0 = no plot).
 
   # ---- hardware: what the config is written for (simclr_jax.plan; MFU in progress lines) ----

@@ -59,6 +59,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
   _check(e.knn_temperature > 0, 'eval.knn_temperature', e.knn_temperature,
          'a positive number (Wu et al. 2018: 0.1)')
   _check(e.knn_chunk_size >= 1, 'eval.knn_chunk_size', e.knn_chunk_size, 'an integer >= 1')
+  _check(e.knn_bank_size >= 0, 'eval.knn_bank_size', e.knn_bank_size,
+         'an integer >= 0 (0 = the whole probe split)')
+  _check(e.probe_steps >= 1, 'eval.probe_steps', e.probe_steps, 'an integer >= 1')
+  _check(e.probe_batch_size >= 1, 'eval.probe_batch_size', e.probe_batch_size, 'an integer >= 1')
+  _check(d.probe_train_split is None or (isinstance(d.probe_train_split, str)
+                                         and d.probe_train_split),
+         'data.probe_train_split', d.probe_train_split,
+         'None (= data.train_split) or the name of a labelled split')
   _check(e.embedding_plot_points >= 0, 'eval.embedding_plot_points', e.embedding_plot_points,
          'an integer >= 0 (0 = no plot)')
   _check(d.image_size >= 8, 'data.image_size', d.image_size, 'an integer >= 8 (paper 224; CIFAR 32)')

@@ -3,7 +3,8 @@
 `SimclrTinyShapes` (registered with TFDS by being defined): 37 train / 23 test RGB images of
 varying sizes, 5 classes. Each image carries its identity: red = 4 * id + 1 and green =
 40 * label + 3 everywhere (blue is texture), so any resized view names its source example.
-conftest.py's `tfds_dir` fixture prepares it once per test session.
+conftest.py's `tfds_dir` fixture prepares it once per test session. `SimclrTinyUnlabelled` adds
+an 'unlabelled' split of 41 images with label -1 (as stl10's); test_train.py prepares it.
 """
 
 import numpy as np
@@ -42,6 +43,23 @@ class SimclrTinyShapes(tfds.core.GeneratorBasedBuilder):
       yield i, {'image': image, 'label': label}
 
 
+UNLABELLED_NAME = 'simclr_tiny_unlabelled'
+N_UNLABELLED = 41
+
+
+class SimclrTinyUnlabelled(SimclrTinyShapes):
+  """As SimclrTinyShapes plus an 'unlabelled' split of 41 images with label -1 (TFDS's "no label",
+  as stl10's 'unlabelled' split, the one to pretrain on); 'train' and 'test' are labelled."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _split_generators(self, dl_manager):
+    splits = super()._split_generators(dl_manager)
+    splits['unlabelled'] = self._generate_unlabelled()
+    return splits
+
+  def _generate_unlabelled(self):
+    for i in range(N_UNLABELLED):
+      yield i, {'image': _tiny_example(i, 2)[0], 'label': -1}
 
 
 def ids_of(views):
@@ -52,12 +70,13 @@ def ids_of(views):
   return (red[..., 0].astype(int) - 1) // 4
 
 
-def prepare(data_dir: str, num_shards: int | None = None) -> str:
+def prepare(data_dir: str, num_shards: int | None = None, name: str = NAME) -> str:
   """download_and_prepare() into data_dir (no network: nothing is downloaded); returns it.
 
   `num_shards`: files per split (TFDS picks 1 for a set this small), to test file sharding.
+  `name`: NAME or UNLABELLED_NAME.
   """
-  builder = tfds.builder(NAME, data_dir=data_dir)
+  builder = tfds.builder(name, data_dir=data_dir)
   builder.download_and_prepare(download_dir=f'{data_dir}/downloads',
                                download_config=tfds.download.DownloadConfig(num_shards=num_shards))
   return data_dir

@@ -12,7 +12,8 @@ as per-process file shards, reshuffled and interleaved every epoch; its global b
 the process count. Both are pure functions of (config.seed, step, process layout), so a resumed
 run sees exactly the views the uninterrupted run would have seen.
 
-Evaluation reads each process's contiguous share of the split in stored order (eval_batches).
+Evaluation reads each process's contiguous share of the split (or of a subset of its positions,
+such as a kNN bank) in stored order (eval_batches).
 Images cross to the device as uint8 (4x fewer bytes than float32); the step divides by 255.
 """
 
@@ -30,10 +31,19 @@ from simclr_jax.data import streams
 
 _SHUFFLE_SALT = 1_000_003
 _AUG_SALT = 2_000_003
+HEAD_LABELS = 256  # Labels get_info reads from the start of the probe and eval splits.
 
 
 class DataNotReadyError(RuntimeError):
   """The requested TFDS data set is not prepared in data_dir (and downloads are off)."""
+
+
+class UnlabelledError(ValueError):
+  """A label outside [0, num_classes) would reach a classifier (kNN bank, probe, eval split).
+
+  TFDS marks examples without a label with -1 (stl10's 'unlabelled' split): pretraining may use
+  such a split, but the kNN bank and the linear probe need config.data.probe_train_split.
+  """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +52,13 @@ class DatasetInfo:
   num_train: int  # Examples in the whole train split (all processes).
   num_eval: int  # Examples in the whole eval split.
   num_classes: int
+  num_probe_train: int = 0  # Examples in probe_split(config): the kNN bank's and probe's split.
+
+
+def probe_split(config: ml_collections.ConfigDict) -> str:
+  """The labelled split of the kNN bank and the final linear probe: data.probe_train_split, or
+  data.train_split when that is unset."""
+  return config.data.probe_train_split or config.data.train_split
 
 
 def _tfds_builder(config: ml_collections.ConfigDict):
@@ -73,16 +90,20 @@ def _tfds_builder(config: ml_collections.ConfigDict):
 def get_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   """Sizes and class count, checked before any compilation. Raises with what to do if missing."""
   d = config.data
+  keys = ('train_split', 'eval_split') + (('probe_train_split',) if d.probe_train_split else ())
   if d.dataset == embedded.NAME:
-    for key in ('train_split', 'eval_split'):
+    for key in keys:
       if d[key] not in embedded.SPLITS:
         raise ValueError(f'config.data.{key}={d[key]!r} is not a split of {d.dataset}; allowed: '
                          f'{sorted(embedded.SPLITS)}.')
-    sizes = {s: len(embedded.load(s)[1]) for s in (d.train_split, d.eval_split)}
-    return DatasetInfo(d.dataset, sizes[d.train_split], sizes[d.eval_split], embedded.NUM_CLASSES)
+    sizes = {s: len(embedded.load(s)[1]) for s in (d.train_split, d.eval_split, probe_split(config))}
+    info = DatasetInfo(d.dataset, sizes[d.train_split], sizes[d.eval_split], embedded.NUM_CLASSES,
+                       sizes[probe_split(config)])
+    _check_head_labels(config, info.num_classes)
+    return info
   builder = _tfds_builder(config)
   splits = builder.info.splits
-  for key in ('train_split', 'eval_split'):
+  for key in keys:
     split = d[key]
     try:
       splits[split]
@@ -90,8 +111,64 @@ def get_info(config: ml_collections.ConfigDict) -> DatasetInfo:
       raise ValueError(f'config.data.{key}={split!r} is not a split of {d.dataset}; allowed: '
                        f'{sorted(splits.keys())}.') from e
   label = builder.info.features['label']
-  return DatasetInfo(d.dataset, splits[d.train_split].num_examples,
-                     splits[d.eval_split].num_examples, label.num_classes)
+  info = DatasetInfo(d.dataset, splits[d.train_split].num_examples,
+                     splits[d.eval_split].num_examples, label.num_classes,
+                     splits[probe_split(config)].num_examples)
+  _check_head_labels(config, info.num_classes)
+  return info
+
+
+def _check_head_labels(config: ml_collections.ConfigDict, num_classes: int) -> None:
+  """Fails fast on an unlabelled probe or eval split from its first HEAD_LABELS labels (the
+  extraction checks every label on the devices later)."""
+  d = config.data
+  probe_key = ('probe_train_split' if d.probe_train_split else
+               'train_split (the kNN bank and probe split while data.probe_train_split is unset)')
+  for key, split in ((probe_key, probe_split(config)), ('eval_split', d.eval_split)):
+    check_labels(split_labels(config, split, limit=HEAD_LABELS), num_classes,
+                 f'config.data.{key}={split!r}')
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+  """Raises UnlabelledError if any of `labels` is outside [0, num_classes)."""
+  labels = np.asarray(labels)
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise UnlabelledError(
+        f'{where}: labels must be in [0, {num_classes}) to train or score a classifier, found '
+        f'{int(labels.min())}..{int(labels.max())}' + (
+            ' (-1 is TFDS\'s "no label", e.g. stl10 \'unlabelled\'). Pretrain on it if you like, '
+            'but point the kNN bank and probes at a labelled split, e.g. '
+            '--config.data.probe_train_split=train for stl10 (linear_eval / finetune: '
+            '--config.data.train_split)' if labels.min() < 0 else '') + '.')
+
+
+def split_labels(config: ml_collections.ConfigDict, split: str, *, process_index: int = 0,
+                 process_count: int = 1, limit: Optional[int] = None) -> np.ndarray:
+  """Labels int32 of this process's contiguous share of `split` (shard_bounds), stored order.
+
+  Reads only labels (images stay encoded bytes): ImageNet's train split is one pass over its
+  records, 1/process_count of them per process. `limit`: only the first `limit` examples of the
+  split (the same on every process; process_index/count ignored).
+  """
+  d = config.data
+  if d.dataset == embedded.NAME:
+    labels = embedded.load(split)[1]
+    if limit is not None:
+      return labels[:limit]
+    lo, hi = shard_bounds(len(labels), process_index, process_count)
+    return labels[lo:hi]
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = _tfds_builder(config)
+  _check_split(config, builder, split)
+  n = builder.info.splits[split].num_examples
+  lo, hi = (0, min(limit, n)) if limit is not None else shard_bounds(n, process_index,
+                                                                     process_count)
+  if hi <= lo:
+    return np.zeros((0,), np.int32)
+  ds = builder.as_dataset(split=f'{split}[{lo}:{hi}]', shuffle_files=False,
+                          decoders={'image': tfds.decode.SkipDecoding()})
+  ds = ds.map(lambda ex: tf.cast(ex['label'], tf.int32), num_parallel_calls=tf.data.AUTOTUNE)
+  return np.fromiter(ds.as_numpy_iterator(), np.int32, count=hi - lo)
 
 
 def shard_bounds(n: int, process_index: int, process_count: int) -> tuple[int, int]:
@@ -103,29 +180,34 @@ def source(config: ml_collections.ConfigDict, split: str, process_index: int = 0
            process_count: int = 1) -> tuple[tf.data.Dataset, int, int]:
   """This process's share of `split` as {'image': uint8 [h,w,3], 'label': int32}, in the split's
   stored order (no shuffling), with the share's size and the whole split's size."""
-  d = config.data
-  if d.dataset == embedded.NAME:
-    images, labels = embedded.load(split)
-    lo, hi = shard_bounds(len(labels), process_index, process_count)
-    ds = tf.data.Dataset.from_tensor_slices({'image': images[lo:hi], 'label': labels[lo:hi]})
-    return ds, hi - lo, len(labels)
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = _tfds_builder(config)
-  splits = builder.info.splits
-  if split not in splits:
-    raise ValueError(f'split {split!r} (config.data.train_split / eval_split) is not a split of '
-                     f'{d.dataset}; allowed: {sorted(splits.keys())}.')
-  n = splits[split].num_examples
+  n = _split_size(config, split)
   lo, hi = shard_bounds(n, process_index, process_count)
-  ds = builder.as_dataset(split=f'{split}[{lo}:{hi}]', shuffle_files=False,
-                          decoders={'image': tfds.decode.SkipDecoding()})
+  return _read_range(config, split, lo, hi), hi - lo, n
+
+
+def _split_size(config: ml_collections.ConfigDict, split: str) -> int:
+  if config.data.dataset == embedded.NAME:
+    return len(embedded.load(split)[1])
+  builder = _tfds_builder(config)
+  _check_split(config, builder, split)
+  return builder.info.splits[split].num_examples
+
+
+def _read_range(config: ml_collections.ConfigDict, split: str, lo: int, hi: int
+                ) -> tf.data.Dataset:
+  """Examples [lo, hi) of `split` in stored order: {'image': uint8 [h,w,3], 'label': int32}."""
+  if config.data.dataset == embedded.NAME:
+    images, labels = embedded.load(split)
+    return tf.data.Dataset.from_tensor_slices({'image': images[lo:hi], 'label': labels[lo:hi]})
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  ds = _tfds_builder(config).as_dataset(split=f'{split}[{lo}:{hi}]', shuffle_files=False,
+                                        decoders={'image': tfds.decode.SkipDecoding()})
 
   def decode(ex):
     image = tf.io.decode_image(ex['image'], channels=3, expand_animations=False)
     return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
 
-  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-  return ds, hi - lo, n
+  return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def make_views_fn(config: ml_collections.ConfigDict, stream_id: int = 0,
@@ -272,29 +354,54 @@ def _check_split(config, builder, split: str) -> None:
                      f'{config.data.dataset}; allowed: {sorted(builder.info.splits.keys())}.')
 
 
+def num_eval_batches(num_examples: int, global_batch: int, process_count: int) -> int:
+  """Batches every process yields in eval_batches (the largest share, rounded up)."""
+  b = per_process_batch(global_batch, process_count)
+  return -(-(-(-num_examples // process_count)) // b)
+
+
 def eval_batches(config: ml_collections.ConfigDict, split: str, *, global_batch: int,
-                 process_index: int, process_count: int,
-                 num_examples: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
+                 process_index: int, process_count: int, num_examples: Optional[int] = None,
+                 indices: Optional[np.ndarray] = None) -> Iterator[dict[str, np.ndarray]]:
   """Every example of `split` exactly once: {'image' uint8 [b,H,W,3], 'label', 'mask', 'index'}
   batches; 'index' int32 is the example's position in the split's stored order (-1: padding).
 
-  The last batch is padded (mask 0). All processes yield the same number of batches, as the
-  step needs every process to contribute. `num_examples` is the whole split's size.
+  The last batch is padded (mask 0, label 0). All processes yield the same number of batches, as
+  the step needs every process to contribute. `num_examples` is the whole split's size.
+  `indices`: sorted stored-order positions of the only examples to yield (a kNN bank subset);
+  each process then takes a contiguous share of them and reads just the stored range that share
+  spans, decoding only the kept examples.
   """
   b = per_process_batch(global_batch, process_count)
-  src, _, total = source(config, split, process_index, process_count)
-  lo = shard_bounds(total, process_index, process_count)[0]
-  if num_examples is None:
-    num_examples = total  # (Shares differ by one: every process must use the split's size.)
-  max_share = -(-num_examples // process_count)
-  num_batches = -(-max_share // b)
+  if indices is None:
+    total = _split_size(config, split) if num_examples is None else num_examples
+    lo, hi = shard_bounds(total, process_index, process_count)
+    ds = _read_range(config, split, lo, hi) if hi > lo else None
+    positions = np.arange(lo, hi, dtype=np.int64)
+  else:
+    positions = np.asarray(indices, np.int64)
+    total = len(positions)
+    if np.any(np.diff(positions) <= 0) or (total and positions[0] < 0):
+      raise ValueError('eval_batches: indices must be sorted, distinct and >= 0.')
+    lo, hi = shard_bounds(total, process_index, process_count)
+    positions = positions[lo:hi]
+    ds = None
+    if len(positions):
+      first, last = int(positions[0]), int(positions[-1]) + 1
+      keep = np.zeros((last - first,), bool)
+      keep[positions - first] = True
+      keep = tf.constant(keep)
+      ds = _read_range(config, split, first, last).enumerate().filter(
+          lambda i, ex: keep[i]).map(lambda i, ex: ex)
+  num_batches = num_eval_batches(total, global_batch, process_count)
   size = config.data.image_size
 
   def prep(ex):
     return {'image': eval_image(config, ex['image']), 'label': ex['label']}
 
-  ds = src.map(prep, num_parallel_calls=tf.data.AUTOTUNE).batch(b).prefetch(2)
-  it = ds.as_numpy_iterator()
+  it = iter(())
+  if ds is not None:
+    it = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE).batch(b).prefetch(2).as_numpy_iterator()
   for j in range(num_batches):
     batch = next(it, None)
     if batch is None:
@@ -303,7 +410,7 @@ def eval_batches(config: ml_collections.ConfigDict, split: str, *, global_batch:
     mask = np.zeros((b,), np.float32)
     mask[:k] = 1.0
     index = np.full((b,), -1, np.int32)
-    index[:k] = lo + j * b + np.arange(k)
+    index[:k] = positions[j * b:j * b + k]
     yield {'image': _pad(batch['image'], b), 'label': _pad(batch['label'], b), 'mask': mask,
            'index': index}
 
