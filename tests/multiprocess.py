@@ -66,3 +66,18 @@ def describe(results: list[subprocess.CompletedProcess]) -> str:
   """The tail of every process's output, for assertion messages."""
   return '\n'.join(f'--- process {i} (exit {r.returncode}) ---\n{r.stdout[-3000:]}\n'
                    f'{r.stderr[-3000:]}' for i, r in enumerate(results) if r is not None)
+
+
+def checkpoint_arrays(workdir: str, step: int) -> dict:
+  """{path: numpy array} of a checkpoint's params, BN statistics, optimiser state and step, read
+  on the host whatever device layout wrote it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'checkpoints', str(step), 'default')
+  ckptr = ocp.PyTreeCheckpointer()
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                      ckptr.metadata(path).item_metadata)
+  tree = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(
+      {n: tree[n] for n in ('params', 'batch_stats', 'opt_state', 'step')})}

@@ -69,16 +69,10 @@ def _run(workdir, num_processes, devices, audit_dir=None):
 
 
 def _params(workdir, step):
-  """Params, BN statistics and optimiser state of a checkpoint, flattened to float64 on host."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, 'checkpoints', str(step), 'default')
-  ckptr = ocp.PyTreeCheckpointer()
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                      ckptr.metadata(path).item_metadata)
-  tree = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
-  leaves = jax.tree.leaves({k: tree[k] for k in ('params', 'batch_stats', 'opt_state')})
-  return np.concatenate([np.asarray(v, np.float64).ravel() for v in leaves])
+  """Params, BN statistics and optimiser state of a checkpoint, flattened to float64."""
+  arrays = multiprocess.checkpoint_arrays(workdir, step)
+  return np.concatenate([np.asarray(v, np.float64).ravel() for k, v in arrays.items()
+                         if k != "['step']"])
 
 
 @pytest.fixture(scope='module')
@@ -186,14 +180,4 @@ def test_sigterm_to_every_process_stops_all_at_one_step_with_a_checkpoint(tmp_pa
   step = int(stopped[0].split('after step ')[1].split()[0])
   assert 3 <= step < 400
   assert sorted(os.listdir(workdir / 'checkpoints')) == [str(step)]
-  assert int(_params_step(str(workdir), step)) == step
-
-
-def _params_step(workdir, step):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, 'checkpoints', str(step), 'default')
-  ckptr = ocp.PyTreeCheckpointer()
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                      ckptr.metadata(path).item_metadata)
-  return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))['step']
+  assert int(multiprocess.checkpoint_arrays(str(workdir), step)["['step']"]) == step

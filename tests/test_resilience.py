@@ -41,17 +41,7 @@ def _steps(workdir):
   return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
 
 
-def _state(workdir, step):
-  """{name: array} of params, BN statistics and optimiser state of a checkpoint, on host."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, 'checkpoints', str(step), 'default')
-  ckptr = ocp.PyTreeCheckpointer()
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                      ckptr.metadata(path).item_metadata)
-  tree = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
-  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(
-      {n: tree[n] for n in ('params', 'batch_stats', 'opt_state', 'step')})}
+_state = multiprocess.checkpoint_arrays
 
 
 def _assert_bitwise(a, b):
