@@ -1,20 +1,50 @@
 """Weighted k-nearest-neighbour monitor of representation quality (Wu et al. 2018, instance
 discrimination; the usual kNN monitor of self-supervised training).
 
-Features are L2-normalised, so similarity is cosine. Train-split features are the memory bank,
-eval-split features the queries. Each query takes its k most similar bank entries; neighbour i
-votes for its label with weight exp(sim_i / T), and the class with the largest summed weight wins.
-Queries and the bank both go through in fixed-size chunks (the last ones padded, padding never
-chosen): each query chunk keeps a running top-k that every bank chunk is merged into, so device
-memory stays bounded (an ImageNet bank of 1.28M x 2048 never has to sit on one device) and one
-compiled kernel serves every chunk pair.
+Features are L2-normalised, so similarity is cosine. The memory bank is a labelled split's
+features (config.data.probe_train_split, possibly a class-balanced subset), the queries are the
+eval split's. Each query takes its k most similar bank entries; neighbour i votes for its label
+with weight exp(sim_i / T), and the class with the largest summed weight wins.
+
+`knn_scores_sharded` (what training uses) leaves the bank where evaluate.extract_sharded put it,
+sharded over the devices. Queries go through in chunks of `chunk_size`: a chunk is all-gathered,
+every device scores it against its bank shard (in bank chunks, keeping a running top-k), and an
+all-to-all hands each device the devices' partial top-k lists of its own queries, which it merges
+and votes on. Per device: the bank and query shards, plus O(chunk x (k + bank chunk)) working
+memory, whatever the split sizes. `knn_scores` is the single-device reference on host arrays.
 """
 
 import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
+
+from simclr_jax import evaluate
+from simclr_jax import sharding
+from simclr_jax.data import input_pipeline
+
+AXIS = sharding.DATA_AXIS
+ROWS = P(AXIS)
+BANK_CHUNK = 4096  # Bank rows per device scored at once: a [chunk, BANK_CHUNK] block.
+
+
+def bank_indices(labels: np.ndarray, bank_size: int, num_classes: int) -> Optional[np.ndarray]:
+  """Sorted stored positions of a class-balanced kNN bank: the first bank_size // num_classes
+  examples of every class in stored order (all of a smaller class). None (the whole split) if
+  bank_size is 0 or not below the split's size. Deterministic, and a prefix of a shuffled split
+  (as TFDS stores ImageNet), so reading it touches little more than the bank."""
+  labels = np.asarray(labels)
+  if bank_size <= 0 or bank_size >= len(labels):
+    return None
+  per_class = max(1, bank_size // num_classes)
+  order = np.argsort(labels, kind='stable')  # Stored order within each class.
+  first = np.searchsorted(labels[order], labels[order], side='left')
+  rank = np.empty(len(labels), np.int64)
+  rank[order] = np.arange(len(labels)) - first
+  return np.flatnonzero(rank < per_class)
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -90,6 +120,8 @@ def knn_classify(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, n
                  chunk_size: int = 1024, bank_chunk_size: int = 65536) -> dict[str, float]:
   """kNN top-1/top-5 of `test` = (features [Q, D], labels [Q]) against the bank `train`."""
   (xtr, ytr), (xte, yte) = train, test
+  input_pipeline.check_labels(ytr, num_classes, 'kNN bank labels')
+  input_pipeline.check_labels(yte, num_classes, 'kNN query labels')
   scores = knn_scores(xtr, ytr, xte, num_classes, k=k, temperature=temperature,
                       chunk_size=chunk_size, bank_chunk_size=bank_chunk_size)
   yte = np.asarray(yte)
@@ -98,3 +130,101 @@ def knn_classify(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, n
           'top5': float(np.mean(np.any(ranked[:, :min(5, num_classes)] == yte[:, None], axis=1))),
           'k': int(min(k, len(ytr))), 'temperature': float(temperature),
           'num_train': int(len(ytr)), 'num_eval': int(len(yte))}
+
+
+# ---- the sharded kNN: bank and queries stay on the devices ----
+
+
+def _normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """Rows to unit L2 norm in float32, as l2_normalize."""
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.sqrt(jnp.sum(x * x, axis=1, keepdims=True)), eps)
+
+
+def _local_top_k(queries, bank, bank_labels, bank_ok, *, k, bank_chunk):
+  """Top-k (similarities, labels) [Q, k] of normalised `queries` [Q, D] among this device's bank
+  rows [L, D] with bank_ok, scanning the bank `bank_chunk` rows at a time."""
+  rows = bank.shape[0]
+  m = min(bank_chunk, rows)
+
+  def body(j, top):
+    start = jnp.minimum(j * m, rows - m)  # The last chunk overlaps the one before; its ...
+    fresh = (start + jnp.arange(m)) >= j * m  # ... repeated rows are not candidates twice.
+    b = _normalize(jax.lax.dynamic_slice_in_dim(bank, start, m))
+    ok = jax.lax.dynamic_slice_in_dim(bank_ok, start, m) & fresh
+    sim = jnp.dot(queries, b.T, precision=jax.lax.Precision.HIGHEST)  # [Q, m]
+    sim = jnp.where(ok, sim, -jnp.inf)
+    s, i = jax.lax.top_k(sim, min(k, m))
+    lab = jax.lax.dynamic_slice_in_dim(bank_labels, start, m)[i]
+    cand_s = jnp.concatenate([top[0], s], axis=1)
+    cand_l = jnp.concatenate([top[1], lab], axis=1)
+    s, i = jax.lax.top_k(cand_s, k)
+    return s, jnp.take_along_axis(cand_l, i, axis=1)
+
+  init = jax.lax.pcast((jnp.full((queries.shape[0], k), -jnp.inf, jnp.float32),
+                        jnp.zeros((queries.shape[0], k), jnp.int32)), AXIS, to='varying')
+  return jax.lax.fori_loop(0, -(-rows // m), body, init)
+
+
+@functools.partial(jax.jit, static_argnames=('mesh', 'num_classes', 'k', 'chunk_size',
+                                             'bank_chunk_size'))
+def _scores_sharded(bank, bank_labels, bank_ok, queries, temperature, *, mesh, num_classes, k,
+                    chunk_size, bank_chunk_size):
+  """Class scores [Rq, C] of every query row, sharded like the queries."""
+  n = mesh.size
+
+  def local(bank, bank_labels, bank_ok, queries, temperature):
+    rows = queries.shape[0]
+    c = max(1, min(-(-chunk_size // n), rows))  # This device's queries per chunk.
+
+    def body(i, scores):
+      start = jnp.minimum(i * c, rows - c)  # Overlapping last chunk: rewrites equal scores.
+      q = _normalize(jax.lax.dynamic_slice_in_dim(queries, start, c))
+      q_all = jax.lax.all_gather(q, AXIS, tiled=True)  # [n*c, D]: every device's chunk.
+      top_s, top_l = _local_top_k(q_all, bank, bank_labels, bank_ok, k=k,
+                                  bank_chunk=bank_chunk_size)
+      # Block d of the rows (device d's queries) goes to device d: [c, n*k] candidates each.
+      top_s = jax.lax.all_to_all(top_s, AXIS, 0, 1, tiled=True)
+      top_l = jax.lax.all_to_all(top_l, AXIS, 0, 1, tiled=True)
+      top_s, j = jax.lax.top_k(top_s, k)
+      votes = _vote(top_s, jnp.take_along_axis(top_l, j, axis=1), num_classes=num_classes,
+                    temperature=temperature)
+      return jax.lax.dynamic_update_slice_in_dim(scores, votes, start, 0)
+
+    init = jax.lax.pcast(jnp.zeros((rows, num_classes), jnp.float32), AXIS, to='varying')
+    return jax.lax.fori_loop(0, -(-rows // c), body, init)
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(ROWS,) * 4 + (P(),), out_specs=ROWS)(
+      bank, bank_labels, bank_ok, queries, temperature)
+
+
+def knn_scores_sharded(bank: 'evaluate.Sharded', queries: 'evaluate.Sharded', num_classes: int,
+                       mesh: jax.sharding.Mesh, *, k: int = 200, temperature: float = 0.1,
+                       chunk_size: int = 1024, bank_chunk_size: int = BANK_CHUNK) -> jax.Array:
+  """Temperature-weighted kNN class scores [Rq, num_classes] float32 of every row of `queries`
+  (sharded like them; padding rows hold garbage) against the real rows of `bank`.
+
+  bank / queries: evaluate.Sharded with [R, D] features as outputs. k is clipped to the bank's
+  size. `chunk_size` queries are scored at once (each device scores all of them against its bank
+  shard, `bank_chunk_size` rows at a time).
+  """
+  k = int(max(1, min(k, bank.num_examples)))
+  return _scores_sharded(bank.outputs, bank.label, bank.mask > 0, queries.outputs,
+                         jnp.float32(temperature), mesh=mesh, num_classes=num_classes, k=k,
+                         chunk_size=int(chunk_size), bank_chunk_size=int(bank_chunk_size))
+
+
+def knn_classify_sharded(bank: 'evaluate.Sharded', queries: 'evaluate.Sharded', num_classes: int,
+                         mesh: jax.sharding.Mesh, *, k: int = 200, temperature: float = 0.1,
+                         chunk_size: int = 1024, bank_chunk_size: int = BANK_CHUNK
+                         ) -> dict[str, float]:
+  """kNN top-1/top-5 of `queries` against `bank` (both evaluate.Sharded, features as outputs);
+  the same dict as knn_classify. Only the hit counts leave the devices."""
+  evaluate.check_labels(bank, num_classes, 'kNN bank')
+  evaluate.check_labels(queries, num_classes, 'kNN queries')
+  scores = knn_scores_sharded(bank, queries, num_classes, mesh, k=k, temperature=temperature,
+                              chunk_size=chunk_size, bank_chunk_size=bank_chunk_size)
+  top1, top5 = evaluate.topk_accuracies(scores, queries, (1, 5))
+  return {'top1': top1, 'top5': top5, 'k': int(max(1, min(k, bank.num_examples))),
+          'temperature': float(temperature), 'num_train': int(bank.num_examples),
+          'num_eval': int(queries.num_examples)}

@@ -3,15 +3,18 @@
 Data flow: config -> validation -> data info -> mesh -> model -> optimiser -> sharded TrainState
 (restored from the workdir's latest checkpoint if there is one) -> jitted steps over the global
 batch -> progress lines, TensorBoard scalars, checkpoints; every train.eval_every_epochs and at the
-end the online probe and the kNN monitor on the whole eval split -> linear probes and kNN for the
-SimCLR encoder and baselines -> results.json, embeddings.png.
+end the online probe and the kNN monitor (bank: data.probe_train_split, or a class-balanced
+eval.knn_bank_size subset of it) on the whole eval split -> linear probes and kNN for the SimCLR
+encoder and baselines -> results.json, embeddings.png.
+Features stay sharded over the devices throughout (evaluate.extract_sharded); only accuracies and
+the embedding plot's points reach the hosts.
 The same function serves the CLI, tests, benchmarks and notebooks.
 """
 
 import functools
 import json
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from clu import metric_writers
 from clu import parameter_overview
@@ -100,27 +103,47 @@ def pretrain(config, workdir, info, mesh, init_fn, writer, eval_fn=None) -> loop
       eval_every=eval_every_steps(config, info.num_train) if eval_fn is not None else 0)
 
 
-def monitor(config, info, mesh, outputs_fn, variables) -> tuple[dict[str, Any], dict[str, Any]]:
+def knn_bank(config: ml_collections.ConfigDict, info) -> Optional[np.ndarray]:
+  """Stored positions of the kNN bank in the probe split (knn.bank_indices), or None for the
+  whole split. A subset needs the split's labels: one label-only pass over it, shared out over
+  the processes, before training."""
+  e, split = config.eval, input_pipeline.probe_split(config)
+  if e.knn_bank_size <= 0 or e.knn_bank_size >= info.num_probe_train:
+    return None
+  labels = evaluate.split_labels(config, split, info.num_probe_train)
+  input_pipeline.check_labels(labels, info.num_classes, f'kNN bank split {split!r}')
+  indices = knn.bank_indices(labels, e.knn_bank_size, info.num_classes)
+  progress.say(f'kNN bank: {len(indices):,} of the {info.num_probe_train:,} examples of '
+               f'{split!r} (the first {max(1, e.knn_bank_size // info.num_classes)} of each class).')
+  return indices
+
+
+def monitor(config, info, mesh, outputs_fn, variables, bank_indices=None
+            ) -> tuple[dict[str, Any], dict[str, Any]]:
   """Online linear probe and kNN monitor of `variables` over the whole eval split.
 
-  The kNN memory bank is the whole train split. Returns (metrics, features) where metrics holds
-  online_probe_top1/top5 (if the model has the online probe), knn_top1/top5 and
-  examples_evaluated, and features = {'train': (h, y), 'eval': (h, y)} for reuse by the probes.
+  The kNN bank is the probe split (data.probe_train_split, else data.train_split) or its
+  `bank_indices` rows. Features never leave the devices. Returns (metrics, monitored) where
+  metrics holds online_probe_top1/top5 (if the model has the online probe), knn_top1/top5 and
+  examples_evaluated, and monitored = {'bank': Sharded features, 'eval': Sharded features,
+  'knn': the kNN result dict} for reuse by the final probes.
   """
-  e = config.eval
+  e, c = config.eval, info.num_classes
+  split = input_pipeline.probe_split(config)
   fn = functools.partial(outputs_fn, variables)
-  # Train split: features only leave the devices (ImageNet: no [1.28M, 1000] logits on host).
-  htr, ytr = evaluate.extract(config, config.data.train_split, info.num_train, mesh,
-                              lambda x: fn(x)['features'])
-  ev, yte = evaluate.extract(config, config.data.eval_split, info.num_eval, mesh, fn)
-  nbrs = knn.knn_classify((htr, ytr), (ev['features'], yte), info.num_classes,
-                          k=e.knn_k, temperature=e.knn_temperature, chunk_size=e.knn_chunk_size)
+  bank = evaluate.extract_sharded(config, split, info.num_probe_train, mesh,
+                                  lambda x: fn(x)['features'], indices=bank_indices)
+  ev = evaluate.extract_sharded(config, config.data.eval_split, info.num_eval, mesh, fn)
+  features = ev.select('features')
+  nbrs = knn.knn_classify_sharded(bank, features, c, mesh, k=e.knn_k,
+                                  temperature=e.knn_temperature, chunk_size=e.knn_chunk_size)
   metrics = {}
-  if 'sup_logits' in ev:
-    metrics['online_probe_top1'] = evaluate.topk_accuracy(ev['sup_logits'], yte, 1)
-    metrics['online_probe_top5'] = evaluate.topk_accuracy(ev['sup_logits'], yte, 5)
-  metrics.update(knn_top1=nbrs['top1'], knn_top5=nbrs['top5'], examples_evaluated=int(len(yte)))
-  return metrics, {'train': (htr, ytr), 'eval': (ev['features'], yte)}
+  if 'sup_logits' in ev.outputs:  # (kNN has checked the labels.)
+    top1, top5 = evaluate.topk_accuracies(ev.outputs['sup_logits'], ev, (1, 5))
+    metrics.update(online_probe_top1=top1, online_probe_top5=top5)
+  metrics.update(knn_top1=nbrs['top1'], knn_top5=nbrs['top5'],
+                 examples_evaluated=evaluate.count(ev))
+  return metrics, {'bank': bank, 'eval': features, 'knn': nbrs}
 
 
 def log_eval(writer, step: int, metrics: dict[str, Any], k: int) -> None:
@@ -134,29 +157,43 @@ def log_eval(writer, step: int, metrics: dict[str, Any], k: int) -> None:
        f'top-5 {metrics["knn_top5"]:.4f} on {metrics["examples_evaluated"]} examples')
 
 
-def evaluate_representations(config, info, mesh, init_fn, outputs_fn, simclr_features
-                             ) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Linear probes and kNN on frozen features: SimCLR encoder (its features from `monitor`),
-  random-init encoder, raw pixels. Returns (linear_probe, knn) dicts keyed by representation."""
-  e = config.eval
-  probe = functools.partial(evaluate.linear_probe, num_classes=info.num_classes,
-                            steps=e.probe_steps, learning_rate=e.probe_learning_rate,
-                            weight_decay=e.probe_weight_decay)
-  knn_fn = functools.partial(knn.knn_classify, num_classes=info.num_classes, k=e.knn_k,
+def evaluate_representations(config, info, mesh, init_fn, outputs_fn, variables, monitored,
+                             bank_indices=None) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Linear probes and kNN on frozen features: SimCLR encoder (`variables`; `monitored` from
+  the final `monitor`), random-init encoder, raw pixels. Each probe trains on the whole probe
+  split and each kNN uses the monitor's bank; one representation's features are on the devices
+  at a time. Returns (linear_probe, knn) dicts keyed by representation."""
+  e, c = config.eval, info.num_classes
+  split = input_pipeline.probe_split(config)
+  probe = functools.partial(
+      evaluate.linear_probe_sharded, num_classes=c, mesh=mesh, steps=e.probe_steps,
+      batch_size=e.probe_batch_size, learning_rate=e.probe_learning_rate,
+      weight_decay=e.probe_weight_decay, seed=config.seed)
+  knn_fn = functools.partial(knn.knn_classify_sharded, num_classes=c, mesh=mesh, k=e.knn_k,
                              temperature=e.knn_temperature, chunk_size=e.knn_chunk_size)
-  feats = {'simclr': (simclr_features['train'], simclr_features['eval'])}
+
+  splits = ((split, info.num_probe_train), (config.data.eval_split, info.num_eval))
+
+  def features(embed):
+    return tuple(evaluate.extract_sharded(config, s, n, mesh, embed) for s, n in splits)
+
+  train = (monitored['bank'] if bank_indices is None else
+           features(lambda x: outputs_fn(variables, x)['features'])[0])
+  probes = {'simclr': probe(train, monitored['eval'])}
+  nbrs = {'simclr': monitored['knn']}
+  del train
   if e.baselines:
     rand = init_fn()
     rand_vars = {'params': rand.params, 'batch_stats': rand.batch_stats}
-    feats['random_init'] = tuple(
-        evaluate.extract(config, split, n, mesh, lambda x: outputs_fn(rand_vars, x)['features'])
-        for split, n in ((config.data.train_split, info.num_train),
-                         (config.data.eval_split, info.num_eval)))
-    feats['raw_pixels'] = (
-        evaluate.pixels(config, config.data.train_split, info.num_train, mesh),
-        evaluate.pixels(config, config.data.eval_split, info.num_eval, mesh))
-  return ({name: probe(*f) for name, f in feats.items()},
-          {name: knn_fn(*f) for name, f in feats.items()})
+    baselines = {
+        'random_init': lambda: features(lambda x: outputs_fn(rand_vars, x)['features']),
+        'raw_pixels': lambda: tuple(evaluate.pixels(config, s, n, mesh) for s, n in splits)}
+    for name, extract in baselines.items():
+      train, ev = extract()
+      probes[name] = probe(train, ev)
+      nbrs[name] = knn_fn(train if bank_indices is None else
+                          evaluate.restrict(train, bank_indices), ev)
+  return probes, nbrs
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -176,29 +213,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   init_fn = make_init_fn(config, model, optim.create_optimizer(config, info.num_train), mesh)
   outputs_fn = evaluate.make_outputs_fn(model.apply, mesh)
+  bank_indices = knn_bank(config, info)
   history = []
 
   def eval_fn(state, step):
-    metrics, features = monitor(config, info, mesh, outputs_fn,
-                                {'params': state.params, 'batch_stats': state.batch_stats})
+    metrics, monitored = monitor(config, info, mesh, outputs_fn, _variables(state), bank_indices)
     log_eval(writer, step, metrics, config.eval.knn_k)
     history.append(dict(metrics, step=step))
-    return features
+    return monitored
 
   run = pretrain(config, workdir, info, mesh, init_fn, writer, eval_fn)
   state, last, train_seconds = run.state, run.last_metrics, run.train_seconds
   step = int(jax.device_get(state.step))
   progress.say('Pretraining done; evaluating the online probe, kNN and linear probes on frozen '
                'features...')
-  features = eval_fn(state, step)
+  monitored = eval_fn(state, step)
   final = history[-1]
-  probes, nbrs = evaluate_representations(config, info, mesh, init_fn, outputs_fn, features)
+  probes, nbrs = evaluate_representations(config, info, mesh, init_fn, outputs_fn,
+                                          _variables(state), monitored, bank_indices)
   for name, r in probes.items():
     writer.write_scalars(step, {f'eval/{name}_top1': r['top1'], f'eval/{name}_top5': r['top5'],
                                 f'eval/{name}_knn_top1': nbrs[name]['top1']})
   writer.flush()
   results = {
       'config_name': config.name, 'dataset': info.name, 'eval_split': config.data.eval_split,
+      'probe_train_split': input_pipeline.probe_split(config),
       'checkpoint_step': step, 'examples_evaluated': final['examples_evaluated'],
       'linear_probe': probes, 'knn': nbrs,
       'online_probe': {k: final[f'online_probe_{k}'] for k in ('top1', 'top5')
@@ -207,14 +246,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       'final_train_metrics': last, 'train_seconds': train_seconds,
       'wall_clock_seconds': time.time() - t0,
   }
+  points = config.eval.embedding_plot_points
+  if points > 0:  # Every process takes part in gathering the plotted rows; process 0 plots.
+    wanted = plots.subsample(info.num_eval, points, config.seed)
+    h, y = evaluate.gather_rows(
+        monitored['eval'], np.arange(info.num_eval) if wanted is None else wanted, mesh)
   if jax.process_index() == 0:
     (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-    if config.eval.embedding_plot_points > 0:
-      h, y = features['eval']
+    if points > 0:
       plots.embeddings_png(
           h, y, str(epath.Path(workdir) / EMBEDDINGS_FILE),
           title=f'SimCLR encoder features, {info.name} {config.data.eval_split} split, '
-                f'step {step} (PCA)',
+                f'step {step}',
           max_points=config.eval.embedding_plot_points, seed=config.seed)
   progress.say(format_table(results))
   return results
@@ -244,6 +287,10 @@ def format_table(results: dict[str, Any]) -> str:
     lines.append(f'Online probe (trained during pretraining): top-1 {o["top1"]:.4f}, '
                  f'top-5 {o["top5"]:.4f}; {results["examples_evaluated"]} examples evaluated.')
   return '\n'.join(lines)
+
+
+def _variables(state: steps.TrainState) -> dict[str, Any]:
+  return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
 def _flatten(d: dict, prefix: str = '') -> dict:

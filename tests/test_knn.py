@@ -1,4 +1,5 @@
-"""knn: the weighted kNN monitor against a float64 NumPy reference and hand-made cases."""
+"""knn: the weighted kNN monitor against a float64 NumPy reference and hand-made cases; the
+class-balanced bank. (The sharded kNN is compared with this one in test_sharded_eval.py.)"""
 
 import numpy as np
 import pytest
@@ -77,8 +78,26 @@ def test_votes_are_weighted_by_exp_similarity_not_counted():
                           temperature=10.0)['top1'] == 1.0
 
 
+def test_bank_is_the_first_examples_of_every_class_in_stored_order():
+  labels = np.array([2, 0, 0, 1, 2, 0, 2, 1, 0, 2, 2, 1, 0])
+  idx = knn.bank_indices(labels, 6, 3)  # 2 per class.
+  np.testing.assert_array_equal(idx, [0, 1, 2, 3, 4, 7])
+  assert knn.bank_indices(labels, 0, 3) is None and knn.bank_indices(labels, 13, 3) is None
+  np.testing.assert_array_equal(knn.bank_indices(labels, 9, 3), [0, 1, 2, 3, 4, 5, 6, 7, 11])
+  # A class with fewer examples than its quota gives what it has.
+  np.testing.assert_array_equal(knn.bank_indices(np.array([0, 0, 0, 0, 1]), 4, 2), [0, 1, 4])
+  rng = np.random.default_rng(0)
+  big = rng.integers(0, 10, 5000)
+  idx = knn.bank_indices(big, 1000, 10)
+  assert np.all(np.bincount(big[idx], minlength=10) == 100) and np.all(np.diff(idx) > 0)
+  np.testing.assert_array_equal(idx, knn.bank_indices(big, 1000, 10))  # Deterministic.
+
+
 @pytest.mark.parametrize('group,key,value', [('eval', 'knn_k', 0), ('eval', 'knn_temperature', 0.0),
                                              ('eval', 'knn_chunk_size', 0),
+                                             ('eval', 'knn_bank_size', -1),
+                                             ('eval', 'probe_batch_size', 0),
+                                             ('eval', 'probe_steps', 0),
                                              ('train', 'eval_every_epochs', -1.0)])
 def test_bad_monitor_settings_fail_before_training(group, key, value):
   config = default.get_config()

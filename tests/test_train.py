@@ -1,7 +1,8 @@
 """End to end: train_and_evaluate on 8 emulated devices writes checkpoints, TensorBoard events,
 config.json, results.json and embeddings.png; the loss is finite and moves; the online probe and
 kNN monitor cover every eval example exactly once, during pretraining and at the end; a rerun
-resumes instead of restarting.
+resumes instead of restarting; a TFDS split without labels can be pretrained on, and cannot reach
+a classifier.
 """
 
 import glob
@@ -16,6 +17,8 @@ import tensorflow as tf
 from configs import test as test_config
 from simclr_jax import checkpointing
 from simclr_jax import train
+from simclr_jax.data import input_pipeline
+import tiny_tfds  # pylint: disable=g-bad-import-order
 
 
 def _scalars(workdir: str, tag: str) -> dict[int, float]:
@@ -118,20 +121,53 @@ def test_rerun_resumes_from_latest_checkpoint(trained, tmp_path, capsys):
   assert set(_scalars(workdir, 'eval/knn_top1')) == {6, 7, 8}
 
 
-def test_pretrain_end_to_end_on_a_tfds_dataset(tfds_dir, tmp_path):
-  """The same job on a real on-disk TFDS set (varying image sizes, 5 classes, 23 test images that
-  no batch size divides): every eval example is scored once, and the results file says so."""
+@pytest.fixture(scope='module')
+def unlabelled_dir(tmp_path_factory):
+  """A prepared TFDS data_dir holding tiny_tfds's `simclr_tiny_unlabelled` (its 'unlabelled'
+  split has label -1, as stl10's)."""
+  return tiny_tfds.prepare(str(tmp_path_factory.mktemp('tfds_unlabelled')),
+                           name=tiny_tfds.UNLABELLED_NAME)
+
+
+def _unlabelled_config(data_dir):
   config = test_config.get_config()
-  config.data.dataset = 'simclr_tiny_shapes'
-  config.data.data_dir = tfds_dir
+  config.data.dataset = tiny_tfds.UNLABELLED_NAME
+  config.data.data_dir = data_dir
+  config.data.train_split = 'unlabelled'
   config.train.batch_size = 16
   config.train.steps = 3
   config.eval.batch_size = 16
   config.eval.knn_k = 10
   config.eval.probe_steps = 20
+  config.eval.probe_batch_size = 16
+  return config
+
+
+def test_pretrain_on_an_unlabelled_tfds_split(unlabelled_dir, tmp_path):
+  """The same job on a real on-disk TFDS set (varying image sizes, 5 classes, 23 test images that
+  no batch size divides), pretrained on its 'unlabelled' split (label -1) as one would on stl10's:
+  the online probe skips those examples, the kNN bank (a class-balanced subset) and the linear
+  probes use the labelled 'train' split, and every eval example is scored once."""
+  config = _unlabelled_config(unlabelled_dir)
+  config.data.probe_train_split = 'train'
+  config.eval.knn_bank_size = 10  # The first 2 of each of the 5 classes.
   results = train.train_and_evaluate(config, str(tmp_path))
-  assert results['dataset'] == 'simclr_tiny_shapes'
+  assert results['dataset'] == tiny_tfds.UNLABELLED_NAME
   assert results['examples_evaluated'] == 23
-  assert results['linear_probe']['simclr']['num_train'] == 37
-  assert results['linear_probe']['raw_pixels']['num_eval'] == 23
-  assert np.isfinite(results['final_train_metrics']['contrast_loss'])
+  assert results['probe_train_split'] == 'train'
+  for name in ('simclr', 'random_init', 'raw_pixels'):
+    assert results['linear_probe'][name]['num_train'] == tiny_tfds.N_TRAIN  # The whole split.
+    assert results['linear_probe'][name]['num_eval'] == 23
+    assert results['knn'][name]['num_train'] == 10
+  last = results['final_train_metrics']
+  assert last['supervised_loss'] == 0.0 and last['supervised_acc'] == 0.0  # No label was seen.
+  assert np.isfinite(last['contrast_loss'])
+
+
+def test_unlabelled_probe_split_fails_before_training(unlabelled_dir, tmp_path):
+  config = _unlabelled_config(unlabelled_dir)  # No probe_train_split: the bank would be unlabelled.
+  with pytest.raises(input_pipeline.UnlabelledError, match='probe_train_split') as e:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert "'unlabelled'" in str(e.value) and 'found -1..-1' in str(e.value)
+  assert not os.path.exists(tmp_path / 'checkpoints')
+  assert not os.path.exists(tmp_path / 'config.json')
