@@ -22,6 +22,9 @@ What the numbers are, as measured here:
   pairs per device at ~36 GiB, yet the official README trains B 4096 on "32 TPU v3s" in ~6 h
   (read as v3-32: 128 pairs per 16 GiB core; our 15%-utilisation row gives 5.9 h for it).
   XLA:CPU computes bf16 convolutions in f32 (visible in its HLO).
+The plan then compiles the evaluation functions (eval_plan.py: kNN, linear probe, feature
+extraction's store, accuracy counts) for the config's real split sizes with features sharded over
+the same devices, prints each one's per-device memory, and what evaluation costs against the run.
 XLA_FLAGS must be set before JAX is imported, so `main` reads the config (config files import
 only ml_collections) and only then imports JAX; functions that need JAX import it locally.
 """
@@ -38,6 +41,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from simclr_jax import chips
+from simclr_jax import eval_plan
 from simclr_jax.data import embedded
 
 _FLAGS = {}  # Defined only when run as a program: importing the module must not claim --config.
@@ -103,6 +107,24 @@ def dataset_size(config) -> tuple[int, int, str]:
     raise PlanError(f'size of {d.dataset!r} split {d.train_split!r} is not in the plan\'s table '
                     f'and the data set is not prepared: {str(e).splitlines()[0]}') from e
   return info.num_train, info.num_classes, 'TFDS metadata'
+
+
+def eval_sizes(config) -> tuple[int, int]:
+  """(examples in the probe split, in the eval split): the table's, or TFDS metadata's."""
+  d = config.data
+  probe = d.probe_train_split or d.train_split
+  if d.dataset in KNOWN_DATASETS:
+    splits = KNOWN_DATASETS[d.dataset][1]
+    if probe in splits and d.eval_split in splits:
+      return splits[probe], splits[d.eval_split]
+  from simclr_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  try:
+    info = input_pipeline.get_info(config)
+  except (input_pipeline.DataNotReadyError, ValueError) as e:
+    raise PlanError(f'sizes of {d.dataset!r} splits {probe!r} / {d.eval_split!r} are not in the '
+                    f'plan\'s table and the data set is not prepared: {str(e).splitlines()[0]}'
+                    ) from e
+  return info.num_probe_train, info.num_eval
 
 
 def _device_bytes(leaves) -> int:
@@ -278,12 +300,18 @@ def main(argv):
     os.environ['XLA_FLAGS'] = ' '.join(flags_ + [f'--xla_force_host_platform_device_count={n}'])
     os.environ['JAX_PLATFORMS'] = 'cpu'
     num_train, num_classes, source = dataset_size(config)
+    num_probe, num_eval = eval_sizes(config)
     plan = compile_plan(config, n, num_train, num_classes)
+    evals = eval_plan.compile_eval_plan(config, n, num_probe, num_eval, num_classes)
   except PlanError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  print(format_plan(config, plan, chips.get(chip_key), chip_key, num_train, source,
+  chip = chips.get(chip_key)
+  print(format_plan(config, plan, chip, chip_key, num_train, source,
                     config_flags.get_config_filename(flags.FLAGS['config'])))
+  print()
+  print(eval_plan.format_eval(evals, eval_plan.eval_cost(config, num_train, num_probe, num_eval),
+                              chip.memory_bytes // n if chip_key == 'cpu' else chip.memory_bytes))
 
 
 if __name__ == '__main__':
