@@ -113,8 +113,9 @@ def knn_bank(config: ml_collections.ConfigDict, info) -> Optional[np.ndarray]:
   labels = evaluate.split_labels(config, split, info.num_probe_train)
   input_pipeline.check_labels(labels, info.num_classes, f'kNN bank split {split!r}')
   indices = knn.bank_indices(labels, e.knn_bank_size, info.num_classes)
+  per_class = max(1, e.knn_bank_size // info.num_classes)
   progress.say(f'kNN bank: {len(indices):,} of the {info.num_probe_train:,} examples of '
-               f'{split!r} (the first {max(1, e.knn_bank_size // info.num_classes)} of each class).')
+               f'{split!r} (the first {per_class} of each class).')
   return indices
 
 
@@ -196,13 +197,23 @@ def evaluate_representations(config, info, mesh, init_fn, outputs_fn, variables,
   return probes, nbrs
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Pretrains, evaluates and returns the results dict (also written to workdir/results.json)."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False) -> dict[str, Any]:
+  """Pretrains, evaluates and returns the results dict (also written to workdir/results.json).
+
+  Input errors (config values, data, workdir, a resume with another config unless
+  `allow_config_change`) raise before anything is written or compiled.
+  """
   t0 = time.time()
   validation.validate(config, jax.device_count(), jax.process_count())
+  info = input_pipeline.get_info(config)  # Fails fast, with instructions, if data is missing.
+  if config.train.batch_size > info.num_train:
+    raise validation.ConfigError(
+        f'config.train.batch_size={config.train.batch_size} is invalid; allowed: at most the '
+        f'{info.num_train} examples of {info.name} {config.data.train_split!r}.')
+  checkpointing.check_resume_config(workdir, config, allow_config_change)
   checkpointing.check_workdir_writable(workdir)
   cluster.check_shared_workdir(workdir)
-  info = input_pipeline.get_info(config)  # Fails fast, with instructions, if data is missing.
   mesh = sharding.make_mesh()
   model = models.build_model(config, info.num_classes)
   checkpointing.write_config(workdir, config)

@@ -27,11 +27,15 @@ import tensorflow as tf
 
 from simclr_jax.data import augment
 from simclr_jax.data import embedded
+from simclr_jax.data import errors
 from simclr_jax.data import streams
 
 _SHUFFLE_SALT = 1_000_003
 _AUG_SALT = 2_000_003
 HEAD_LABELS = 256  # Labels get_info reads from the start of the probe and eval splits.
+
+
+DataConfigError = errors.DataConfigError
 
 
 class DataNotReadyError(RuntimeError):
@@ -67,8 +71,8 @@ def _tfds_builder(config: ml_collections.ConfigDict):
   try:
     builder = tfds.builder(d.dataset, data_dir=d.data_dir)
   except Exception as e:  # tfds raises DatasetNotFoundError with a long list.
-    raise ValueError(f'config.data.dataset={d.dataset!r} is neither {embedded.NAME!r} nor a TFDS '
-                     f'builder: {str(e).splitlines()[0]}') from e
+    raise DataConfigError(f'config.data.dataset={d.dataset!r} is neither {embedded.NAME!r} nor '
+                          f'a TFDS builder: {str(e).splitlines()[0]}') from e
   if not builder.is_prepared():
     if d.download:
       builder.download_and_prepare()
@@ -77,13 +81,14 @@ def _tfds_builder(config: ml_collections.ConfigDict):
       if d.dataset.startswith('imagenet2012'):
         manual = (' ImageNet cannot be downloaded automatically: put ILSVRC2012_img_train.tar and '
                   'ILSVRC2012_img_val.tar in <data_dir>/downloads/manual/ first.')
+      command = (f'tfds build {d.dataset.split("/")[0]}'
+                 + (f' --config={d.dataset.split("/")[1]}' if '/' in d.dataset else '')
+                 + (f' --data_dir={d.data_dir}' if d.data_dir else ''))
       raise DataNotReadyError(
-          f'TFDS data set {d.dataset!r} is not prepared in data_dir={builder.data_dir_root!r} '
-          f'(looked for {builder.data_dir}). Prepare it once with:\n'
-          f'  tfds build {d.dataset.split("/")[0]}'
-          + (f' --config={d.dataset.split("/")[1]}' if '/' in d.dataset else '')
-          + (f' --data_dir={d.data_dir}' if d.data_dir else '') + '\n'
-          f'or set --config.data.download=True to let this job download it.{manual}')
+          f'TFDS data set {d.dataset!r} (config.data.dataset) is not prepared in '
+          f'data_dir={builder.data_dir_root!r} (looked for {builder.data_dir}): prepare it once '
+          f'with `{command}`, or set --config.data.download=True to let this job download '
+          f'it.{manual}')
   return builder
 
 
@@ -94,8 +99,8 @@ def get_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   if d.dataset == embedded.NAME:
     for key in keys:
       if d[key] not in embedded.SPLITS:
-        raise ValueError(f'config.data.{key}={d[key]!r} is not a split of {d.dataset}; allowed: '
-                         f'{sorted(embedded.SPLITS)}.')
+        raise DataConfigError(f'config.data.{key}={d[key]!r} is not a split of {d.dataset}; '
+                              f'allowed: {sorted(embedded.SPLITS)}.')
     sizes = {s: len(embedded.load(s)[1]) for s in (d.train_split, d.eval_split, probe_split(config))}
     info = DatasetInfo(d.dataset, sizes[d.train_split], sizes[d.eval_split], embedded.NUM_CLASSES,
                        sizes[probe_split(config)])
@@ -108,8 +113,8 @@ def get_info(config: ml_collections.ConfigDict) -> DatasetInfo:
     try:
       splits[split]
     except (KeyError, ValueError) as e:
-      raise ValueError(f'config.data.{key}={split!r} is not a split of {d.dataset}; allowed: '
-                       f'{sorted(splits.keys())}.') from e
+      raise DataConfigError(f'config.data.{key}={split!r} is not a split of {d.dataset}; '
+                            f'allowed: {sorted(splits.keys())}.') from e
   label = builder.info.features['label']
   info = DatasetInfo(d.dataset, splits[d.train_split].num_examples,
                      splits[d.eval_split].num_examples, label.num_classes,
@@ -245,7 +250,8 @@ def eval_image(config: ml_collections.ConfigDict, image: tf.Tensor) -> tf.Tensor
 
 def per_process_batch(global_batch: int, process_count: int) -> int:
   if global_batch % process_count:
-    raise ValueError(f'batch size {global_batch} does not split over {process_count} processes.')
+    raise DataConfigError(f'batch size {global_batch} does not split over {process_count} '
+                          'processes.')
   return global_batch // process_count
 
 
@@ -293,9 +299,10 @@ def training_stream(config: ml_collections.ConfigDict, split: str, *, process_in
   builder = _tfds_builder(config)
   _check_split(config, builder, split)
   if builder.info.file_format.value != 'tfrecord':
-    raise ValueError(f'config.data.dataset={d.dataset!r} is stored as '
-                     f'{builder.info.file_format.value}; file-backed training reads tfrecord: '
-                     'set config.data.cache=True or prepare it with --file_format=tfrecord.')
+    raise DataConfigError(f'config.data.dataset={d.dataset!r} is stored as '
+                          f'{builder.info.file_format.value}; file-backed training reads '
+                          'tfrecord: set config.data.cache=True or prepare it with '
+                          '--file_format=tfrecord.')
   keep = None
   if indices is not None:
     keep = np.zeros((builder.info.splits[split].num_examples,), bool)
@@ -350,8 +357,9 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> dict:
 
 def _check_split(config, builder, split: str) -> None:
   if split not in builder.info.splits:
-    raise ValueError(f'split {split!r} (config.data.train_split / eval_split) is not a split of '
-                     f'{config.data.dataset}; allowed: {sorted(builder.info.splits.keys())}.')
+    raise DataConfigError(f'split {split!r} (config.data.train_split / eval_split) is not a '
+                          f'split of {config.data.dataset}; allowed: '
+                          f'{sorted(builder.info.splits.keys())}.')
 
 
 def num_eval_batches(num_examples: int, global_batch: int, process_count: int) -> int:

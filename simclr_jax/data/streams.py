@@ -55,7 +55,8 @@ def memory_stream(examples: dict, *, global_batch: int, process_index: int, proc
   """
   n = len(examples['label'])
   if n < global_batch:
-    raise errors.DataConfigError(f'config.train.batch_size={global_batch} exceeds the {n} training examples.')
+    raise errors.DataConfigError(f'config.train.batch_size={global_batch} exceeds the {n} '
+                                 'training examples.')
   b = global_batch // process_count
   first = start_step * global_batch
   perm = functools.lru_cache(maxsize=2)(
