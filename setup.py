@@ -23,6 +23,8 @@ INSTALL_REQUIRES = [
     'numpy>=2.0',
     'matplotlib>=3.8',
     'pillow>=10.0',
+    # t-SNE maps (plots.py) and the threadpool limit around them; also pulled in by mlxtend.
+    'scikit-learn>=1.4',
     # simclr_jax.export writes safetensors (numpy API; no torch or TF needed).
     'safetensors==0.8.0',
 ]
@@ -43,5 +45,6 @@ setuptools.setup(
     # nbclient/nbformat/ipykernel: tests/test_load.py executes notebooks/load_checkpoint.ipynb
     # (ipykernel's wheel installs the 'python3' kernel spec into the venv itself).
     extras_require={'test': ['pytest==9.2.0', 'nbclient==0.11.0', 'nbformat==5.11.1',
-                             'ipykernel==7.4.0']},
+                             'ipykernel==7.4.0'] + TORCH,
+                    'torch': TORCH},
 )
