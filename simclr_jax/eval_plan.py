@@ -5,7 +5,7 @@ features after extraction, for abstract inputs of the config's real sizes (Image
 probe-split features, the kNN bank, 50k eval features and [50k, 1000] online-probe logits, rows
 padded to whole eval batches) sharded over N emulated CPU devices, and reads XLA's
 memory_analysis of each. Nothing is allocated: on one 2-core CPU the whole set compiles in
-seconds for 128 devices. tests/test_eval_memory.py asserts its bounds for configs/tpu_v3_128.py.
+seconds for 128 devices. tests/test_eval_scaling.py asserts its bounds for configs/tpu_v3_128.py.
 
 `eval_cost` counts what evaluation adds to a run, in images through the encoder, against the
 pretraining it interrupts; the ImageNet configs' docstrings quote it.
