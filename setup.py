@@ -44,7 +44,9 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     # nbclient/nbformat/ipykernel: tests/test_load.py executes notebooks/load_checkpoint.ipynb
     # (ipykernel's wheel installs the 'python3' kernel spec into the venv itself).
-    extras_require={'test': ['pytest==9.2.0', 'nbclient==0.11.0', 'nbformat==5.11.1',
+    # pytest-xdist: pytest.ini runs the suite on 2 workers (one test file per worker at a time).
+    extras_require={'test': ['pytest==9.2.0', 'pytest-xdist==3.8.0', 'nbclient==0.11.0',
+                             'nbformat==5.11.1',
                              'ipykernel==7.4.0'] + TORCH,
                     'torch': TORCH},
 )
