@@ -219,7 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   checkpointing.write_config(workdir, config)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() != 0, asynchronous=False)
-  writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
+  writer.write_hparams({k: v for k, v in checkpointing.flat(config.to_dict()).items()
                         if isinstance(v, (int, float, str, bool))})
 
   init_fn = make_init_fn(config, model, optim.create_optimizer(config, info.num_train), mesh)
@@ -302,13 +302,3 @@ def format_table(results: dict[str, Any]) -> str:
 
 def _variables(state: steps.TrainState) -> dict[str, Any]:
   return {'params': state.params, 'batch_stats': state.batch_stats}
-
-
-def _flatten(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
