@@ -279,6 +279,9 @@ class LARS(torch.optim.Optimizer):
   def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.001):
     super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
                                   adapt=True))
+    for group in self.param_groups:  # Buffers up front: a compiled step() is traced only once.
+      for p in group['params']:
+        self.state[p]['momentum'] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
   @torch.no_grad()
   def step(self, closure=None):
@@ -288,10 +291,7 @@ class LARS(torch.optim.Optimizer):
         if p.grad is None:
           continue
         g = p.grad
-        state = self.state[p]
-        if 'momentum' not in state:
-          state['momentum'] = torch.zeros_like(p)
-        v = state['momentum']
+        v = self.state[p]['momentum']
         if group['adapt']:
           if wd:
             g = g + wd * p
@@ -371,7 +371,8 @@ def load_flax_variables(model: SimCLRNet, params, batch_stats=None) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def make_step(model: SimCLRNet, opt: LARS, *, temperature: float, weight_decay: float,
-              dtype: str, channels_last: bool, compile: bool, device: str):
+              dtype: str, channels_last: bool, compile: bool, device: str,
+              compile_backend: str = 'inductor'):
   """Returns step(views uint8 [B, 2, H, W, 3], labels [B]) -> loss (a device tensor)."""
   use_autocast = dtype == 'bfloat16'
   dev_type = torch.device(device).type
@@ -393,8 +394,8 @@ def make_step(model: SimCLRNet, opt: LARS, *, temperature: float, weight_decay: 
 
   opt_step = opt.step
   if compile:
-    loss_fn = torch.compile(loss_fn)
-    opt_step = torch.compile(opt.step)
+    loss_fn = torch.compile(loss_fn, backend=compile_backend)
+    opt_step = torch.compile(opt.step, backend=compile_backend)
 
   def step(views, labels):
     loss = loss_fn(views, labels)
@@ -422,7 +423,7 @@ def time_step(depth: int, width: float, image_size: int, batch: int, dtype: str 
               steps: int = 5, channels_last: bool = False, compile: bool = False,
               proj_layers: int = 3, device: str = 'cpu', *, probe_classes: int = 10,
               temperature: float = 0.5, learning_rate: float = 0.3, weight_decay: float = 1e-6,
-              warmup_steps: int = 1, seed: int = 0) -> dict:
+              warmup_steps: int = 1, seed: int = 0, compile_backend: str = 'inductor') -> dict:
   """Times `steps` training steps of batch `batch` (2 * batch views) after `warmup_steps`.
 
   Returns a dict: images_per_s (batch / median step), views_per_s, step_s (median), step_s_min,
@@ -440,7 +441,8 @@ def time_step(depth: int, width: float, image_size: int, batch: int, dtype: str 
   model.train()
   opt = make_optimizer(model, learning_rate * batch / 256, weight_decay)
   step = make_step(model, opt, temperature=temperature, weight_decay=weight_decay, dtype=dtype,
-                   channels_last=channels_last, compile=compile, device=device)
+                   channels_last=channels_last, compile=compile, device=device,
+                   compile_backend=compile_backend)
   gen = torch.Generator().manual_seed(seed)
   views = torch.randint(0, 256, (batch, 2, image_size, image_size, 3), generator=gen,
                         dtype=torch.uint8).to(dev)
@@ -467,7 +469,7 @@ def time_step(depth: int, width: float, image_size: int, batch: int, dtype: str 
   out = {
       'impl': 'pytorch', 'depth': depth, 'width': width, 'image_size': image_size,
       'batch': batch, 'views': 2 * batch, 'dtype': dtype, 'channels_last': channels_last,
-      'compile': compile, 'proj_layers': proj_layers, 'probe_classes': probe_classes,
+      'compile': compile and compile_backend, 'proj_layers': proj_layers, 'probe_classes': probe_classes,
       'device': device, 'steps': steps,
       'images_per_s': batch / med, 'views_per_s': 2 * batch / med,
       'step_s': med, 'step_s_min': min(times), 'step_s_max': max(times),
@@ -496,6 +498,8 @@ def main(argv: Optional[list[str]] = None) -> None:
   p.add_argument('--warmup_steps', type=int, default=1)
   p.add_argument('--channels_last', action='store_true')
   p.add_argument('--compile', action='store_true', help='torch.compile the loss and optimiser')
+  p.add_argument('--compile_backend', default='inductor',
+                 help="torch.compile backend ('aot_eager': tracing without code generation)")
   p.add_argument('--proj_layers', type=int, default=3)
   p.add_argument('--probe_classes', type=int, default=10, help='0: no online probe')
   p.add_argument('--device', default='cpu')
@@ -505,7 +509,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     torch.set_num_threads(a.threads)
   r = time_step(a.depth, a.width, a.image_size, a.batch, a.dtype, a.steps, a.channels_last,
                 a.compile, a.proj_layers, a.device, probe_classes=a.probe_classes,
-                warmup_steps=a.warmup_steps)
+                warmup_steps=a.warmup_steps, compile_backend=a.compile_backend)
   print(json.dumps(r), flush=True)
 
 
