@@ -435,6 +435,8 @@ def time_step(depth: int, width: float, image_size: int, batch: int, dtype: str 
     raise ValueError(f'dtype={dtype!r}; allowed: float32, bfloat16')
   torch.manual_seed(seed)
   dev = torch.device(device)
+  if dev.type == 'cuda':
+    torch.backends.cudnn.benchmark = True  # Fixed shapes: let cuDNN pick its fastest kernels.
   model = build(depth, width, image_size, proj_layers, probe_classes).to(dev)
   if channels_last:
     model = model.to(memory_format=torch.channels_last)
