@@ -66,6 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.ft_proj_selector = 0  # Which head layer feeds fine-tuning/probe (0 = encoder output).
   config.model.batch_norm_decay = 0.9  # BN moving-average decay (official: 0.9).
   config.model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16'; params stay float32.
+  # Convolution gradients: 'auto' = 'matmul_grad' (same function, matrix-product backward, ~1.5x
+  # faster training steps on XLA:CPU) when running on CPU with hardware.chip 'cpu', else 'xla'.
+  config.model.conv_impl = 'auto'
 
   # ---- loss: NT-Xent ----
   config.loss = ml_collections.ConfigDict()
@@ -91,6 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every_seconds = 5.0  # Wall-clock seconds between progress lines.
   config.train.checkpoint_every_steps = 500  # Checkpoint cadence in steps (the last step is always saved).
   config.train.check_finite_every_steps = 100  # Stop on a NaN/inf loss, checked every N steps and before saves.
+  config.train.profile_steps = 0  # > 0: JAX profiler trace of this many steps into workdir/plugins/profile.
   config.train.keep_checkpoints = 2  # How many recent checkpoints Orbax keeps.
   config.train.eval_every_epochs = 5.0  # Online-probe + kNN eval cadence in epochs (0 = only at the end).
 

@@ -29,8 +29,8 @@ DAMAGED_DIR = 'damaged_checkpoints'
 # how training continues (logging, cadences, evaluation, labels of the run).
 HARMLESS_KEYS = ('name', 'train.log_every_seconds', 'train.checkpoint_every_steps',
                  'train.keep_checkpoints', 'train.eval_every_epochs',
-                 'train.check_finite_every_steps', 'eval.', 'hardware.', 'data.data_dir',
-                 'data.download', 'linear_eval.')
+                 'train.check_finite_every_steps', 'train.profile_steps', 'eval.', 'hardware.',
+                 'data.data_dir', 'data.download', 'linear_eval.', 'model.conv_impl')
 
 
 def manager(workdir: str, keep: int = 2, create: bool = True) -> ocp.CheckpointManager:

@@ -26,6 +26,7 @@ import ml_collections
 from simclr_jax import checkpointing
 from simclr_jax import progress
 from simclr_jax import sharding
+from simclr_jax import utilization
 
 
 @dataclasses.dataclass
@@ -103,13 +104,19 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mngr, state: Any, st
   report = progress.Reporter(
       writer, total=total, start=start, batch_size=t.batch_size,
       every_seconds=t.log_every_seconds, loss_key=loss_key, describe=describe, unit=unit,
-      check_every=t.check_finite_every_steps)
+      check_every=t.check_finite_every_steps, num_devices=mesh.size)
   data = batches(start)
   watch = _SigtermWatch()
+  profile = _Profile(t.get('profile_steps', 0), start, total, workdir)
   try:
     with watch:
       for step in range(start, total):
-        state, metrics = step_fn(state, sharding.global_batch(next(data), mesh))
+        batch = sharding.global_batch(next(data), mesh)
+        if step == start:
+          _measure_utilization(report, step_fn, state, batch, mesh)
+        profile.before(step)
+        state, metrics = step_fn(state, batch)
+        profile.after(step, state)
         report.step_done(step, metrics)
         done = step + 1
         preempted = watch.stop_at(done)
@@ -132,8 +139,50 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mngr, state: Any, st
              if good is not None else 'no checkpoint was written before it')
     raise progress.NonFiniteLossError(f'{e} Stopped; {where}.', e.step) from None
   finally:
+    profile.close()
     del data  # Ends the tf.data iterator (and its generator thread) before interpreter exit.
   seconds = report.seconds()
   mngr.wait_until_finished()
   mngr.close()
   return Result(state, report.last, seconds, start)
+
+
+def _measure_utilization(report: progress.Reporter, step_fn, state, batch, mesh) -> None:
+  """Compiles the step once (jit's cache keeps it for the first call) to read XLA's FLOP count,
+  and tells the reporter the peak it is measured against; says both once."""
+  flops = utilization.step_flops(step_fn, state, batch)
+  devices = list(mesh.devices.flat)
+  pk = utilization.peak(devices)
+  report.set_utilization(flops, pk.flops_per_second if pk else None)
+  progress.say(utilization.describe(flops, pk, devices[0].device_kind))
+
+
+class _Profile:
+  """`train.profile_steps` > 0: a JAX profiler trace of that many steps, starting two steps after
+  the (re)start so compilation and the first dispatch stay out, written under
+  `workdir/plugins/profile/` where TensorBoard's profile plugin finds it. Every process traces
+  its own host (the plugin shows one row per host)."""
+
+  def __init__(self, steps: int, start: int, total: int, workdir: str):
+    steps = min(max(int(steps), 0), total - start)
+    self.first = start + min(2, total - start - steps)
+    self.last = self.first + steps - 1 if steps else -1
+    self.workdir, self.active = workdir, False
+
+  def before(self, step: int) -> None:
+    if step == self.first and self.last >= self.first:
+      jax.profiler.start_trace(self.workdir)
+      self.active = True
+
+  def after(self, step: int, state) -> None:
+    if self.active and step == self.last:
+      jax.block_until_ready(state)
+      self.close()
+      progress.say(f'Profiler: traced steps {self.first + 1}-{self.last + 1} into '
+                   f'{self.workdir}/plugins/profile/ (open: tensorboard --logdir '
+                   f'{self.workdir}, Profile tab; needs pip install tensorboard-plugin-profile).')
+
+  def close(self) -> None:
+    if self.active:
+      self.active = False
+      jax.profiler.stop_trace()

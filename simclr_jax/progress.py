@@ -44,8 +44,10 @@ class Reporter:
 
   def __init__(self, writer, *, total: int, start: int, batch_size: int, every_seconds: float,
                loss_key: str, describe: Callable[[dict[str, float]], str], unit: str = 'img/s',
-               check_every: int = 1):
+               check_every: int = 1, num_devices: int = 1):
     self.writer, self.total, self.start, self.batch_size = writer, total, start, batch_size
+    self.num_devices = max(int(num_devices), 1)
+    self.step_flops = self.peak_flops = None  # set_utilization: MFU in reports when both known.
     self.every_seconds, self.loss_key, self.describe, self.unit = (every_seconds, loss_key,
                                                                    describe, unit)
     self.check_every = max(int(check_every), 1)
@@ -55,6 +57,10 @@ class Reporter:
     self.last: dict[str, float] = {}
     self.t_last = self.t_start = time.time()
     self.step_last = start
+
+  def set_utilization(self, step_flops, peak_flops) -> None:
+    """FLOPs of one step (all devices) and the devices' peak FLOP/s; either may be None."""
+    self.step_flops, self.peak_flops = step_flops, peak_flops
 
   def _fetch(self) -> None:
     if not self.pending:
@@ -94,10 +100,16 @@ class Reporter:
     rate = (done - self.step_last) * self.batch_size / max(now - self.t_last, 1e-9)
     eta = (self.total - done) * (now - self.t_start) / max(done - self.start, 1)
     last['images_per_sec'] = 0.0 if first else rate
+    last['images_per_sec_per_device'] = last['images_per_sec'] / self.num_devices
+    mfu = ''
+    if self.step_flops and self.peak_flops:
+      steps_per_s = rate / self.batch_size
+      last['mfu'] = 0.0 if first else self.step_flops * steps_per_s / self.peak_flops
+      mfu = f' MFU {100 * last["mfu"]:.1f}%'
     self.writer.write_scalars(done, {f'train/{k}': v for k, v in last.items()})
     say(f'[{done:>{len(str(self.total))}}/{self.total}] {self.describe(last)} '
-        f'{rate:,.0f} {self.unit} ETA {format_eta(eta)}'
-        + (' (includes compilation)' if first else ''))
+        f'{rate:,.0f} {self.unit} ({rate / self.num_devices:,.0f}/device){mfu} '
+        f'ETA {format_eta(eta)}' + (' (includes compilation)' if first else ''))
     self.last = last
     self.t_last, self.step_last = now, done
 

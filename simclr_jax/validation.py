@@ -39,6 +39,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
          m.ft_proj_selector, f'an index into the {num_hiddens} head outputs '
          f'({-num_hiddens}..{num_hiddens - 1}; 0 = encoder output)')
   _check(m.dtype in ('float32', 'bfloat16'), 'model.dtype', m.dtype, "'float32' or 'bfloat16'")
+  _check(m.get('conv_impl', 'auto') in ('auto', 'xla', 'matmul_grad'), 'model.conv_impl',
+         m.get('conv_impl'), "'auto', 'xla' or 'matmul_grad'")
   _check(0 <= m.batch_norm_decay < 1, 'model.batch_norm_decay', m.batch_norm_decay, '[0, 1)')
   _check(l.temperature > 0, 'loss.temperature', l.temperature, 'a positive number (paper 0.1-0.5)')
   _check(o.optimizer in optim.OPTIMIZERS, 'optim.optimizer', o.optimizer, str(optim.OPTIMIZERS))
@@ -52,6 +54,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
   _check(t.steps >= 0, 'train.steps', t.steps, '0 (use epochs) or a positive step count')
   _check(t.checkpoint_every_steps > 0, 'train.checkpoint_every_steps', t.checkpoint_every_steps,
          'a positive number of steps')
+  _check(t.get('profile_steps', 0) >= 0, 'train.profile_steps', t.get('profile_steps'),
+         '0 (off) or the number of steps to trace')
   _check(t.keep_checkpoints >= 1, 'train.keep_checkpoints', t.keep_checkpoints, 'an integer >= 1')
   _check(t.eval_every_epochs >= 0, 'train.eval_every_epochs', t.eval_every_epochs,
          'a number of epochs >= 0 (0 = evaluate only at the end)')

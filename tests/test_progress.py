@@ -45,3 +45,32 @@ def test_non_finite_loss_stops_with_the_step():
 def test_format_eta():
   assert progress.format_eta(3725.9) == '1:02:05'
   assert progress.format_eta(-3) == '0:00:00'
+
+
+def test_rate_per_device_and_mfu_from_flops_and_peak(capsys, monkeypatch):
+  """MFU = step FLOPs x steps per second / peak: 3 steps of 8 images in 2 s at 1 GFLOP per step
+  against a 3 GFLOP/s peak is 1.5 steps/s x 1e9 / 3e9 = 50%; 12 img/s over 4 devices is 3."""
+  clock = iter([0.0, 10.0, 11.0, 11.5, 12.0])  # init, then one read per step.
+  monkeypatch.setattr(progress.time, 'time', lambda: next(clock))
+  w = _Writer()
+  r = progress.Reporter(w, total=4, start=0, batch_size=8, every_seconds=1e9, loss_key='loss',
+                        describe=lambda m: 'x', num_devices=4)
+  r.set_utilization(1e9, 3e9)
+  for step in range(4):
+    r.step_done(step, _metrics(1.0, 0.1))
+  first, last = w.rows[0][1], w.rows[-1][1]
+  assert first['train/mfu'] == 0.0  # The first report includes compilation.
+  assert last['train/images_per_sec'] == pytest.approx(12.0)
+  assert last['train/images_per_sec_per_device'] == pytest.approx(3.0)
+  assert last['train/mfu'] == pytest.approx(0.5)
+  assert capsys.readouterr().out.splitlines()[-1] == '[4/4] x 12 img/s (3/device) MFU 50.0% ETA 0:00:00'
+
+
+def test_no_mfu_without_a_flop_count_or_a_peak(capsys):
+  w = _Writer()
+  r = progress.Reporter(w, total=1, start=0, batch_size=8, every_seconds=1e9, loss_key='loss',
+                        describe=lambda m: 'x')
+  r.set_utilization(1e9, None)
+  r.step_done(0, _metrics(1.0, 0.1))
+  assert 'train/mfu' not in w.rows[0][1]
+  assert 'MFU' not in capsys.readouterr().out

@@ -36,6 +36,7 @@ def _scalars(workdir: str, tag: str) -> dict[int, float]:
 def trained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('run'))
   config = test_config.get_config()
+  config.train.profile_steps = 2
   results = train.train_and_evaluate(config, workdir)
   return config, workdir, results
 
@@ -69,6 +70,16 @@ def test_writes_checkpoints_events_config_and_results(trained):
   final = on_disk['eval_history'][-1]
   assert final['knn_top1'] == on_disk['knn']['simclr']['top1']
   assert final['online_probe_top1'] == on_disk['online_probe']['top1']
+
+
+def test_throughput_mfu_and_profiler_trace(trained):
+  _, workdir, _ = trained
+  last = max(_scalars(workdir, 'train/mfu').items())
+  assert last[0] == 6 and 0.0 < last[1] < 1.0
+  per_device = _scalars(workdir, 'train/images_per_sec_per_device')[6]
+  assert per_device == pytest.approx(_scalars(workdir, 'train/images_per_sec')[6] / 8)
+  # train.profile_steps=2: a trace TensorBoard's profile plugin reads.
+  assert glob.glob(os.path.join(workdir, 'plugins', 'profile', '*', '*.xplane.pb'))
 
 
 def test_eval_scalars_and_embeddings_plot(trained):
