@@ -109,7 +109,8 @@ def build_classifier(config: ml_collections.ConfigDict, num_classes: int) -> Cla
   linear = config.mode == 'linear_eval'
   encoder = models.build_encoder(m.resnet_depth, m.width_multiplier, m.sk_ratio,
                                  cifar_stem=config.data.image_size <= 32, dtype=dtype,
-                                 bn_momentum=m.batch_norm_decay)
+                                 bn_momentum=m.batch_norm_decay,
+                                 conv_impl=models.resolve_conv_impl(config))
   if not linear:
     encoder = encoder.clone(fine_tune_after_block=config.fine_tune_after_block)
   keep = m.ft_proj_selector % num_proj_hiddens(m)

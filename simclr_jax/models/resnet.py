@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from simclr_jax.models import cpu_conv
+
 # Blocks per group. Depth 10 is not in the paper: one basic block per group, for tests and demos.
 BLOCKS_PER_GROUP = {
     10: (1, 1, 1, 1),
@@ -60,6 +62,7 @@ class ConvFixedPadding(nn.Module):
   kernel_size: int
   strides: int = 1
   dtype: Any = jnp.float32
+  conv_impl: str = 'xla'  # 'xla' or 'matmul_grad' (cpu_conv: same function, CPU-fast backward).
 
   @nn.compact
   def __call__(self, x):
@@ -67,7 +70,9 @@ class ConvFixedPadding(nn.Module):
     return nn.Conv(
         self.features, (self.kernel_size, self.kernel_size), (self.strides, self.strides),
         padding=((pad, self.kernel_size - 1 - pad),) * 2, use_bias=False, dtype=self.dtype,
-        kernel_init=conv_kernel_init)(x)
+        kernel_init=conv_kernel_init,
+        conv_general_dilated=(cpu_conv.conv_general_dilated
+                              if self.conv_impl == 'matmul_grad' else None))(x)
 
 
 class BatchNormRelu(nn.Module):
@@ -95,18 +100,19 @@ class SelectiveKernel(nn.Module):
   sk_ratio: float
   bn: Any
   dtype: Any = jnp.float32
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x, train: bool):
     f = self.features
-    y = ConvFixedPadding(2 * f, 3, self.strides, self.dtype, name='conv')(x)
+    y = ConvFixedPadding(2 * f, 3, self.strides, self.dtype, self.conv_impl, name='conv')(x)
     y = self.bn(name='bn_conv')(y, train)
     b0, b1 = y[..., :f], y[..., f:]
     g = jnp.mean(b0 + b1, axis=(1, 2), keepdims=True)
     mid = max(int(f * self.sk_ratio), SK_MIN_DIM)
-    g = ConvFixedPadding(mid, 1, 1, self.dtype, name='fc_reduce')(g)
+    g = ConvFixedPadding(mid, 1, 1, self.dtype, self.conv_impl, name='fc_reduce')(g)
     g = self.bn(name='bn_reduce')(g, train)
-    a = ConvFixedPadding(2 * f, 1, 1, self.dtype, name='fc_attention')(g)
+    a = ConvFixedPadding(2 * f, 1, 1, self.dtype, self.conv_impl, name='fc_attention')(g)
     a = nn.softmax(jnp.stack([a[..., :f], a[..., f:]], axis=0), axis=0)
     return a[0] * b0 + a[1] * b1
 
@@ -118,6 +124,7 @@ class Shortcut(nn.Module):
   resnet_d: bool
   bn: Any
   dtype: Any = jnp.float32
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -128,7 +135,7 @@ class Shortcut(nn.Module):
       else:  # TF's stride-1 SAME average pool: pads after, and excludes the padding from the mean.
         x = nn.avg_pool(x, (2, 2), (1, 1), padding='SAME', count_include_pad=False)
       strides = 1
-    x = ConvFixedPadding(self.features, 1, strides, self.dtype, name='conv')(x)
+    x = ConvFixedPadding(self.features, 1, strides, self.dtype, self.conv_impl, name='conv')(x)
     return self.bn(relu=False, name='bn')(x, train)
 
 
@@ -141,21 +148,22 @@ class ResidualBlock(nn.Module):
   sk_ratio: float
   bn: Any
   dtype: Any = jnp.float32
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(ConvFixedPadding, dtype=self.dtype)
+    conv = functools.partial(ConvFixedPadding, dtype=self.dtype, conv_impl=self.conv_impl)
     out_features = 4 * self.filters if self.bottleneck else self.filters
     shortcut = x
     if self.use_projection:
       shortcut = Shortcut(out_features, self.strides, self.sk_ratio > 0, self.bn, self.dtype,
-                          name='shortcut')(x, train)
+                          self.conv_impl, name='shortcut')(x, train)
     if self.bottleneck:
       y = conv(self.filters, 1, 1, name='conv1')(x)
       y = self.bn(name='bn1')(y, train)
       if self.sk_ratio > 0:
         y = SelectiveKernel(self.filters, self.strides, self.sk_ratio, self.bn, self.dtype,
-                            name='sk_conv2')(y, train)
+                            self.conv_impl, name='sk_conv2')(y, train)
       else:
         y = conv(self.filters, 3, self.strides, name='conv2')(y)
         y = self.bn(name='bn2')(y, train)
@@ -178,6 +186,7 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
   fine_tune_after_block: int = -1  # -1: all trainable; k in 0..4: freeze stem and groups 1..k.
+  conv_impl: str = 'xla'  # 'matmul_grad' on the CPU backend only (models.resolve_conv_impl).
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -186,7 +195,7 @@ class ResNet(nn.Module):
       raise ValueError(f'resnet_depth={self.depth} is not supported; allowed: '
                        f'{sorted(BLOCKS_PER_GROUP)}.')
     bn = functools.partial(BatchNormRelu, momentum=self.bn_momentum, dtype=self.dtype)
-    conv = functools.partial(ConvFixedPadding, dtype=self.dtype)
+    conv = functools.partial(ConvFixedPadding, dtype=self.dtype, conv_impl=self.conv_impl)
     w = self.width_multiplier
     x = x.astype(self.dtype)
     train_stem = train and k < 0  # Frozen parts keep BN in inference mode.
@@ -213,7 +222,8 @@ class ResNet(nn.Module):
         x = ResidualBlock(
             filters=int(base * w), strides=(1 if g == 0 else 2) if b == 0 else 1,
             use_projection=b == 0, bottleneck=bottleneck, sk_ratio=self.sk_ratio, bn=bn,
-            dtype=self.dtype, name=f'group{g + 1}_block{b}')(x, train and g + 1 > k)
+            dtype=self.dtype, conv_impl=self.conv_impl,
+            name=f'group{g + 1}_block{b}')(x, train and g + 1 > k)
     if k >= len(BLOCKS_PER_GROUP[self.depth]):
       x = jax.lax.stop_gradient(x)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -1,0 +1,119 @@
+"""A 2-D convolution for XLA:CPU whose gradients are matrix products.
+
+Same function and derivatives as `lax.conv_general_dilated` (NHWC input, HWIO kernel, explicit
+padding, no dilation, one group); only how the backward pass is computed differs. Why: XLA
+expresses a convolution's weight gradient as another convolution whose window is the whole
+feature map (e.g. 32x32) over a transposed copy of the activations. On XLA:CPU that convolution
+and the transposes feeding it took 60% of a ResNet-18 training step (profiled, README
+"Performance"); a 1x1 shortcut's weight gradient alone took longer than all of its block's
+3x3 convolutions. Here the weight gradient is one matrix product per kernel tap (dy^T @ shifted
+input), and strided or 1x1 input gradients are matrix products scattered back with an interior
+pad. The forward pass and stride-1 3x3 input gradients stay XLA convolutions (faster here).
+
+Used only when the model runs on the CPU backend (`model.conv_impl`, 'auto'): on TPU/GPU the
+compilers' own convolution gradients are what those chips are built for.
+"""
+
+import functools
+from typing import Any, Sequence
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _xla_conv(x, w, strides, padding):
+  return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
+
+
+def _out_size(n: int, lo: int, hi: int, k: int, s: int) -> int:
+  return (n + lo + hi - k) // s + 1
+
+
+def _taps(x, k: tuple[int, int], strides, padding, out_hw):
+  """The input pixels each kernel tap (i, j) meets: k[0] x k[1] arrays shaped like the output
+  (N, Ho, Wo, C). Strided slices of the padded input; no patch matrix is built."""
+  (tl, bh), (ll, rh) = padding
+  xp = jnp.pad(x, ((0, 0), (tl, bh), (ll, rh), (0, 0))) if tl or bh or ll or rh else x
+  n, _, _, c = x.shape
+  (sh, sw), (ho, wo) = strides, out_hw
+  return [[lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
+                     (1, sh, sw, 1)) for j in range(k[1])] for i in range(k[0])]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv(x, w, strides: tuple[int, int], padding: tuple[tuple[int, int], tuple[int, int]]):
+  """y = conv(x [N,H,W,C], w [kh,kw,C,O]) with explicit ((top, bottom), (left, right)) padding."""
+  return _xla_conv(x, w, strides, padding)
+
+
+def _conv_fwd(x, w, strides, padding):
+  return _xla_conv(x, w, strides, padding), (x, w)
+
+
+def _conv_bwd(strides, padding, residuals, dy):
+  x, w = residuals
+  kh, kw, c, o = w.shape
+  n, h, wd, _ = x.shape
+  _, ho, wo, _ = dy.shape
+  dy2 = dy.reshape(-1, o)
+  taps = _taps(x, (kh, kw), strides, padding, (ho, wo))
+  # dW[i, j] = sum over (n, h, w) of x_tap(i, j)^T dy: a (C x NHW) @ (NHW x O) product per tap.
+  dw = jnp.stack([jnp.stack([(dy2.T @ taps[i][j].reshape(-1, c)).T for j in range(kw)])
+                  for i in range(kh)]).astype(w.dtype)
+  if kh == kw == 1 or strides != (1, 1):
+    dx = _scatter_input_grad(dy2, w, x.shape, strides, padding, (ho, wo))
+  else:
+    dx = jax.vjp(lambda x_: _xla_conv(x_, w, strides, padding), x)[1](dy)[0]
+  return dx.astype(x.dtype), dw
+
+
+def _scatter_input_grad(dy2, w, x_shape, strides, padding, out_hw):
+  """dx for strided or 1x1 convolutions: per tap, dy @ w[i, j]^T lands on every s-th pixel of the
+  padded input (an interior pad), and the taps are summed."""
+  kh, kw, c, o = w.shape
+  n, h, wd, _ = x_shape
+  (sh, sw), (ho, wo) = strides, out_hw
+  (tl, bh), (ll, rh) = padding
+  hp, wp = h + tl + bh, wd + ll + rh
+  zero = jnp.zeros((), dy2.dtype)
+  dxp = None
+  for i in range(kh):
+    for j in range(kw):
+      piece = (dy2 @ w[i, j].T.astype(dy2.dtype)).reshape(n, ho, wo, c)
+      piece = lax.pad(piece, zero, ((0, 0, 0), (i, hp - i - ((ho - 1) * sh + 1), sh - 1),
+                                    (j, wp - j - ((wo - 1) * sw + 1), sw - 1), (0, 0, 0)))
+      dxp = piece if dxp is None else dxp + piece
+  return dxp[:, tl:tl + h, ll:ll + wd, :]
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _is_nhwc(dimension_numbers) -> bool:
+  if dimension_numbers is None:
+    return False
+  if isinstance(dimension_numbers, tuple) and all(isinstance(d, str) for d in dimension_numbers):
+    return tuple(dimension_numbers) == NHWC
+  return (tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2)
+          and tuple(dimension_numbers.rhs_spec) == (3, 2, 0, 1)
+          and tuple(dimension_numbers.out_spec) == (0, 3, 1, 2))
+
+
+def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding: Any,
+                         lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count: int = 1, precision=None, **kwargs):
+  """Drop-in for `lax.conv_general_dilated` (as `flax.linen.Conv(conv_general_dilated=...)`):
+  the matmul-gradient `conv` where it applies, lax otherwise."""
+  plain = (lhs.ndim == 4 and _is_nhwc(dimension_numbers) and feature_group_count == 1
+           and not isinstance(padding, str) and precision is None and not kwargs
+           and all(d == 1 for d in (lhs_dilation or (1, 1)))
+           and all(d == 1 for d in (rhs_dilation or (1, 1))))
+  if not plain:
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                    rhs_dilation, dimension_numbers, feature_group_count,
+                                    precision=precision, **kwargs)
+  pad = tuple((int(lo), int(hi)) for lo, hi in padding)
+  return conv(lhs, rhs, tuple(int(s) for s in window_strides), pad)

@@ -1,0 +1,130 @@
+"""models/cpu_conv.py: the matrix-product backward pass computes the same derivatives as XLA's."""
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import default
+from simclr_jax import models
+from simclr_jax.models import cpu_conv
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _case(seed, n, h, w, c, o, k):
+  rng = np.random.RandomState(seed)
+  x = rng.randn(n, h, w, c).astype(np.float32)
+  kern = (rng.randn(k, k, c, o) / np.sqrt(k * k * c)).astype(np.float32)
+  return jnp.asarray(x), jnp.asarray(kern)
+
+
+def _rel(a, b):
+  """max |a - b| / max |b| (0 when both are all zeros, e.g. behind a zero-initialised BN)."""
+  return float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-30))
+
+
+# (n, h, w, c, o, k, stride, padding): every shape the zoo uses, plus odd sizes and the 7x7 stem's
+# symmetric padding at strides that leave the last rows/columns of the input unread.
+CASES = [
+    (2, 8, 8, 3, 8, 3, 1, ((1, 1), (1, 1))),      # CIFAR stem / basic 3x3
+    (2, 9, 7, 8, 16, 3, 2, ((1, 1), (1, 1))),     # strided 3x3, odd sizes
+    (2, 8, 8, 8, 16, 1, 2, ((0, 0), (0, 0))),     # strided 1x1 projection shortcut
+    (2, 6, 6, 8, 8, 1, 1, ((0, 0), (0, 0))),      # 1x1 (bottleneck, shortcut at stride 1)
+    (2, 15, 13, 3, 8, 7, 2, ((3, 3), (3, 3))),    # ImageNet stem, input not covered to the end
+    (1, 5, 5, 4, 4, 3, 1, ((0, 2), (1, 0))),      # asymmetric padding
+]
+
+
+@pytest.mark.parametrize('n,h,w,c,o,k,s,pad', CASES)
+def test_values_and_gradients_equal_xla(n, h, w, c, o, k, s, pad):
+  x, kern = _case(0, n, h, w, c, o, k)
+
+  def ref(x, kern):
+    return lax.conv_general_dilated(x, kern, (s, s), pad, dimension_numbers=NHWC)
+
+  def ours(x, kern):
+    return cpu_conv.conv(x, kern, (s, s), pad)
+
+  y_ref, vjp_ref = jax.vjp(ref, x, kern)
+  y, vjp = jax.vjp(ours, x, kern)
+  dy = jnp.asarray(np.random.RandomState(1).randn(*y_ref.shape).astype(np.float32))
+  assert y.shape == y_ref.shape
+  assert _rel(y, y_ref) < 1e-6
+  dx_ref, dw_ref = vjp_ref(dy)
+  dx, dw = jax.jit(lambda dy: vjp(dy))(dy)
+  assert dx.shape == x.shape and dw.shape == kern.shape
+  assert _rel(dx, dx_ref) < 1e-5
+  assert _rel(dw, dw_ref) < 1e-5
+
+
+def test_weight_gradient_matches_numpy_loops():
+  """An independent reference: dW[i,j,c,o] = sum_{n,h,w} xpad[n, h*s+i, w*s+j, c] dy[n,h,w,o]."""
+  n, h, w, c, o, k, s, pad = 2, 7, 6, 3, 4, 3, 2, ((1, 1), (1, 1))
+  x, kern = _case(2, n, h, w, c, o, k)
+  y, vjp = jax.vjp(lambda kk: cpu_conv.conv(x, kk, (s, s), pad), kern)
+  dy = np.random.RandomState(3).randn(*y.shape)
+  xp = np.pad(np.asarray(x, np.float64), ((0, 0), pad[0], pad[1], (0, 0)))
+  want = np.zeros((k, k, c, o))
+  for i in range(k):
+    for j in range(k):
+      for a in range(y.shape[1]):
+        for b in range(y.shape[2]):
+          want[i, j] += xp[:, a * s + i, b * s + j, :].T @ dy[:, a, b, :]
+  got = vjp(jnp.asarray(dy, jnp.float32))[0]
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+
+def test_other_convolutions_fall_back_to_lax():
+  x, kern = _case(4, 2, 8, 8, 4, 4, 3)
+  grouped = kern[:, :, :2, :]
+  got = cpu_conv.conv_general_dilated(x, grouped, (1, 1), ((1, 1), (1, 1)),
+                                      dimension_numbers=NHWC, feature_group_count=2)
+  want = lax.conv_general_dilated(x, grouped, (1, 1), ((1, 1), (1, 1)),
+                                  dimension_numbers=NHWC, feature_group_count=2)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  got = cpu_conv.conv_general_dilated(x, kern, (1, 1), 'SAME', dimension_numbers=NHWC)
+  want = lax.conv_general_dilated(x, kern, (1, 1), 'SAME', dimension_numbers=NHWC)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_model_gradients_equal_with_either_impl(depth=18, sk=0.0, size=36):
+  """The whole encoder (ImageNet stem, strided blocks, projection shortcuts): same outputs, same
+  gradients, same BN statistics, whichever convolution gradient is used. (Each bottleneck and SK
+  convolution shape is one of CASES; a ResNet-50 here would double this file's time.)"""
+  x = jnp.asarray(np.random.RandomState(5).rand(4, size, size, 3).astype(np.float32))
+  results = []
+  for impl in ('xla', 'matmul_grad'):
+    enc = models.build_encoder(depth, 0.25, sk, cifar_stem=size <= 32, conv_impl=impl)
+    variables = enc.init(jax.random.PRNGKey(0), x, train=False)
+
+    def loss(params, enc=enc, variables=variables):
+      f, new = enc.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
+                         train=True, mutable=['batch_stats'])
+      return jnp.sum(jnp.sin(f)), new
+    (value, new), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
+    results.append((value, grads, new))
+  (v0, g0, b0), (v1, g1, b1) = results
+  np.testing.assert_allclose(float(v1), float(v0), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+    assert _rel(a, b) < 1e-4
+  for a, b in zip(jax.tree.leaves(b1), jax.tree.leaves(b0)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_auto_picks_matmul_only_for_cpu_runs():
+  config = default.get_config()
+  assert jax.default_backend() == 'cpu'
+  assert models.resolve_conv_impl(config) == 'matmul_grad'
+  config.hardware.chip = 'v3'  # A compile-only plan for TPUs keeps the accelerator program.
+  assert models.resolve_conv_impl(config) == 'xla'
+  config.model.conv_impl = 'xla'
+  config.hardware.chip = 'cpu'
+  assert models.resolve_conv_impl(config) == 'xla'
+  old = ml_collections.ConfigDict({'model': {'dtype': 'float32'}})  # A run from before the key.
+  assert models.resolve_conv_impl(old) == 'matmul_grad'
+  config.model.conv_impl = 'fast'
+  with pytest.raises(ValueError, match="conv_impl='fast'"):
+    models.resolve_conv_impl(config)
