@@ -76,6 +76,11 @@ def _tf():
   return tf
 
 
+def _threads(tf):
+  """TF's intra-op thread count (0 means one per core)."""
+  return tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
+
+
 def _quantile(xs, q):
   xs = sorted(xs)
   pos = (len(xs) - 1) * q
@@ -312,7 +317,7 @@ def time_step(depth: int, width: float, image_size: int, batch: int, dtype: str 
   out.update(_summary(times, batch))
   out.update(compile_s=compile_s, warmup_s=warmup_s, loss=float(loss),
              params=int(sum(int(np.prod(v.shape)) for v in model.trainable_variables)),
-             peak_memory_bytes=None, threads=os.cpu_count(), tensorflow=tf.__version__)
+             peak_memory_bytes=None, threads=_threads(tf), tensorflow=tf.__version__)
   return out
 
 
@@ -428,7 +433,7 @@ def time_official_step(official_dir: str, depth: int, width: int, image_size: in
   out.update(_summary(times, batch))
   out.update(compile_s=compile_s, warmup_s=warmup_s, loss=loss,
              params=int(sum(int(np.prod(v.shape)) for v in model.trainable_variables)),
-             peak_memory_bytes=None, threads=os.cpu_count(), tensorflow=tf.__version__,
+             peak_memory_bytes=None, threads=_threads(tf), tensorflow=tf.__version__,
              keras=tf.keras.__name__ if hasattr(tf.keras, '__name__') else str(tf.keras),
              replicas=strategy.num_replicas_in_sync)
   return out
