@@ -35,11 +35,16 @@ CASES = [
     (2, 6, 6, 8, 8, 1, 1, ((0, 0), (0, 0))),      # 1x1 (bottleneck, shortcut at stride 1)
     (2, 15, 13, 3, 8, 7, 2, ((3, 3), (3, 3))),    # ImageNet stem, input not covered to the end
     (1, 5, 5, 4, 4, 3, 1, ((0, 2), (1, 0))),      # asymmetric padding
+    (2, 2, 2, 8, 8, 3, 1, ((1, 1), (1, 1))),      # small maps: forward as matrix products too
+    (2, 3, 4, 8, 8, 3, 2, ((1, 1), (1, 1))),
+    (2, 1, 1, 8, 8, 3, 1, ((1, 1), (1, 1))),
 ]
 
 
+@pytest.mark.parametrize('wide', [cpu_conv.WIDE, 1])  # 1: every weight gradient as products.
 @pytest.mark.parametrize('n,h,w,c,o,k,s,pad', CASES)
-def test_values_and_gradients_equal_xla(n, h, w, c, o, k, s, pad):
+def test_values_and_gradients_equal_xla(n, h, w, c, o, k, s, pad, wide, monkeypatch):
+  monkeypatch.setattr(cpu_conv, 'WIDE', wide)
   x, kern = _case(0, n, h, w, c, o, k)
 
   def ref(x, kern):
@@ -60,8 +65,9 @@ def test_values_and_gradients_equal_xla(n, h, w, c, o, k, s, pad):
   assert _rel(dw, dw_ref) < 1e-5
 
 
-def test_weight_gradient_matches_numpy_loops():
+def test_weight_gradient_matches_numpy_loops(monkeypatch):
   """An independent reference: dW[i,j,c,o] = sum_{n,h,w} xpad[n, h*s+i, w*s+j, c] dy[n,h,w,o]."""
+  monkeypatch.setattr(cpu_conv, 'WIDE', 1)
   n, h, w, c, o, k, s, pad = 2, 7, 6, 3, 4, 3, 2, ((1, 1), (1, 1))
   x, kern = _case(2, n, h, w, c, o, k)
   y, vjp = jax.vjp(lambda kk: cpu_conv.conv(x, kk, (s, s), pad), kern)

@@ -8,7 +8,12 @@ and the transposes feeding it took 60% of a ResNet-18 training step (profiled, R
 "Performance"); a 1x1 shortcut's weight gradient alone took longer than all of its block's
 3x3 convolutions. Here the weight gradient is one matrix product per kernel tap (dy^T @ shifted
 input), and strided or 1x1 input gradients are matrix products scattered back with an interior
-pad. The forward pass and stride-1 3x3 input gradients stay XLA convolutions (faster here).
+pad; a k x k weight gradient is so computed from 128 input channels on (narrower, XLA's was
+faster). The forward pass and stride-1 3x3 input gradients stay XLA convolutions (faster here),
+except on feature maps smaller than the kernel (2x2 maps under a 3x3 kernel): there XLA swaps
+the roles of input and kernel and the result runs in its naive loop
+emitter, about 1 s per convolution for a ResNet-18's last stage at 16 px, so those are matrix
+products too.
 
 Used only when the model runs on the CPU backend (`model.conv_impl`, 'auto'): on TPU/GPU the
 compilers' own convolution gradients are what those chips are built for.
@@ -22,14 +27,14 @@ from jax import lax
 import jax.numpy as jnp
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
+# Input channels from which a k x k (k > 1) weight gradient is computed as matrix products: at 16
+# channels the products are too skinny and XLA's convolution was 4x faster; from 128 on, they won
+# (bench/README). 1x1 convolutions and small maps always use products.
+WIDE = 128
 
 
 def _xla_conv(x, w, strides, padding):
   return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
-
-
-def _out_size(n: int, lo: int, hi: int, k: int, s: int) -> int:
-  return (n + lo + hi - k) // s + 1
 
 
 def _taps(x, k: tuple[int, int], strides, padding, out_hw):
@@ -43,14 +48,35 @@ def _taps(x, k: tuple[int, int], strides, padding, out_hw):
                      (1, sh, sw, 1)) for j in range(k[1])] for i in range(k[0])]
 
 
+def _small(x_shape, w_shape) -> bool:
+  """Feature maps smaller than the kernel (2x2 under 3x3): XLA:CPU swaps input and kernel there
+  and leaves its fast convolution path."""
+  return x_shape[1] < w_shape[0] or x_shape[2] < w_shape[1]
+
+
+def _out_hw(x_shape, w_shape, strides, padding) -> tuple[int, int]:
+  return tuple((x_shape[1 + d] + sum(padding[d]) - w_shape[d]) // strides[d] + 1
+               for d in range(2))
+
+
+def _forward(x, w, strides, padding):
+  if not _small(x.shape, w.shape):
+    return _xla_conv(x, w, strides, padding)
+  kh, kw, c, o = w.shape
+  ho, wo = _out_hw(x.shape, w.shape, strides, padding)
+  taps = _taps(x, (kh, kw), strides, padding, (ho, wo))
+  y = sum(taps[i][j].reshape(-1, c) @ w[i, j] for i in range(kh) for j in range(kw))
+  return y.reshape(x.shape[0], ho, wo, o)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv(x, w, strides: tuple[int, int], padding: tuple[tuple[int, int], tuple[int, int]]):
   """y = conv(x [N,H,W,C], w [kh,kw,C,O]) with explicit ((top, bottom), (left, right)) padding."""
-  return _xla_conv(x, w, strides, padding)
+  return _forward(x, w, strides, padding)
 
 
 def _conv_fwd(x, w, strides, padding):
-  return _xla_conv(x, w, strides, padding), (x, w)
+  return _forward(x, w, strides, padding), (x, w)
 
 
 def _conv_bwd(strides, padding, residuals, dy):
@@ -59,11 +85,15 @@ def _conv_bwd(strides, padding, residuals, dy):
   n, h, wd, _ = x.shape
   _, ho, wo, _ = dy.shape
   dy2 = dy.reshape(-1, o)
-  taps = _taps(x, (kh, kw), strides, padding, (ho, wo))
-  # dW[i, j] = sum over (n, h, w) of x_tap(i, j)^T dy: a (C x NHW) @ (NHW x O) product per tap.
-  dw = jnp.stack([jnp.stack([(dy2.T @ taps[i][j].reshape(-1, c)).T for j in range(kw)])
-                  for i in range(kh)]).astype(w.dtype)
-  if kh == kw == 1 or strides != (1, 1):
+  small = _small(x.shape, w.shape)
+  if kh == kw == 1 or c >= WIDE or small:
+    taps = _taps(x, (kh, kw), strides, padding, (ho, wo))
+    # dW[i, j] = sum over (n, h, w) of x_tap(i, j)^T dy: a (C x NHW) @ (NHW x O) product per tap.
+    dw = jnp.stack([jnp.stack([(dy2.T @ taps[i][j].reshape(-1, c)).T for j in range(kw)])
+                    for i in range(kh)]).astype(w.dtype)
+  else:  # Narrow 3x3 layers: XLA's own weight gradient measured faster (products too skinny).
+    dw = jax.vjp(lambda w_: _xla_conv(x, w_, strides, padding), w)[1](dy)[0]
+  if kh == kw == 1 or strides != (1, 1) or _small(x.shape, w.shape):
     dx = _scatter_input_grad(dy2, w, x.shape, strides, padding, (ho, wo))
   else:
     dx = jax.vjp(lambda x_: _xla_conv(x_, w, strides, padding), x)[1](dy)[0]
