@@ -9,6 +9,12 @@ covered, fallback to the whole image) + bicubic resize -> flip p=0.5 -> colour d
 brightness, contrast, saturation, hue in random order with a clip after each; then grayscale
 p=0.2) -> Gaussian blur p=0.5 -> clip to [0, 1].
 
+Encoded training images (TFDS bytes) are decoded by the augmentation: crop windows are drawn from
+a JPEG's header shape, and only the window holding both views' crops is decoded, once
+(preprocess_views_for_train, decode_random_crops; the same windows as on decoded pixels). With
+config.aug.on_device the host stops after crop + flip and simclr_jax/device_augment.py applies
+the colour distortion and blur in the train step, with the same distributions.
+
 Deviation, on purpose: the official code blurs on device with ONE sigma per batch and view; here
 each image draws its own sigma (same marginal distribution, independent across images).
 """
@@ -42,15 +48,76 @@ def resize(image, height, width):
   return tf.image.resize(image, [height, width], method='bicubic', antialias=False)
 
 
-def random_crop_with_resize(image, height, width, seed, area_min=0.08):
-  """Inception-style crop: area in [area_min, 1], aspect ratio in [3/4, 4/3] * width/height."""
+def crop_window(image_shape, height, width, seed, area_min=0.08):
+  """(begin, size) [3] int32 of the random crop of an image of shape `image_shape` [h, w, c].
+
+  Inception-style (official distorted_bounding_box_crop): area in [area_min, 1], aspect ratio in
+  [3/4, 4/3] * width/height, 100 attempts, at least 10% of the image, else the whole image. Needs
+  only the shape, so the window of a JPEG is known from its header before decoding.
+  """
   aspect = width / height
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.shape(image), bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+      image_shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
       seed=seed, min_object_covered=0.1, aspect_ratio_range=(3 / 4 * aspect, 4 / 3 * aspect),
       area_range=(area_min, 1.0), max_attempts=100, use_image_if_no_bounding_boxes=True)
+  return begin, size
+
+
+def random_crop_with_resize(image, height, width, seed, area_min=0.08):
+  """Inception-style crop (crop_window) of decoded pixels, then bicubic resize."""
+  begin, size = crop_window(tf.shape(image), height, width, seed, area_min)
   image = tf.slice(image, begin, size)
   return resize(image, height, width)
+
+
+def decode_image(contents):
+  """Encoded bytes (JPEG, PNG, GIF, BMP) -> uint8 [h, w, 3]."""
+  return tf.io.decode_image(contents, channels=3, expand_animations=False)
+
+
+def _jpeg_shape(contents):
+  return tf.concat([tf.io.extract_jpeg_shape(contents)[:2], [3]], 0)  # Decoded as RGB.
+
+
+def decode_random_crop(contents, height, width, seed, area_min=0.08):
+  """The pixels random_crop_with_resize would crop (before resizing), decoding only those.
+
+  `contents`: encoded image bytes (scalar tf.string). A JPEG's window is drawn from its header
+  shape (tf.io.extract_jpeg_shape) with the same seed and distribution as crop_window, and only
+  that window is decoded (tf.io.decode_and_crop_jpeg). Other formats (PNG, ...) are decoded whole
+  and sliced: the same window and pixels as crop_window on the decoded image. Returns uint8
+  [h', w', 3]. For 4:2:0 JPEGs the edge pixels of a partial decode may differ from a slice of the
+  full decode by a few levels (libjpeg upsamples chroma from the neighbours it decoded).
+  """
+  return decode_random_crops(contents, height, width, [seed], area_min, union=False)[0]
+
+
+def decode_random_crops(contents, height, width, seeds, area_min=0.08, union=True):
+  """decode_random_crop for each of `seeds` (the same windows), decoding the image once.
+
+  `union`: a JPEG decodes the smallest window holding every crop once (decode_and_crop_jpeg),
+  then each crop is sliced from it; otherwise each crop decodes its own window. Other formats are
+  decoded whole once and sliced.
+  """
+  def jpeg():
+    shape = _jpeg_shape(contents)
+    boxes = [crop_window(shape, height, width, s, area_min) for s in seeds]
+    if not union:
+      return [tf.io.decode_and_crop_jpeg(
+          contents, tf.stack([begin[0], begin[1], size[0], size[1]]), channels=3)
+              for begin, size in boxes]
+    lo = tf.reduce_min(tf.stack([begin for begin, _ in boxes]), 0)
+    hi = tf.reduce_max(tf.stack([begin + size for begin, size in boxes]), 0)
+    window = tf.stack([lo[0], lo[1], hi[0] - lo[0], hi[1] - lo[1]])
+    image = tf.io.decode_and_crop_jpeg(contents, window, channels=3)
+    return [tf.slice(image, begin - lo, size) for begin, size in boxes]
+
+  def other():
+    image = decode_image(contents)
+    shape = tf.shape(image)
+    return [tf.slice(image, *crop_window(shape, height, width, s, area_min)) for s in seeds]
+
+  return tf.cond(tf.io.is_jpeg(contents), jpeg, other)
 
 
 def random_flip(image, seed):
@@ -124,21 +191,9 @@ def random_blur(image, height, seed, p=0.5):
                        s_apply)
 
 
-def preprocess_for_train(image, height, width, *, color_jitter_strength=1.0, use_blur=True,
-                         crop=True, flip=True, impl='simclrv2', area_min=0.08, seed=None):
-  """One training view. image: [h, w, 3] uint8 or float; returns float32 [height, width, 3] in [0,1].
-
-  `seed`: [2] integer tensor; the same seed gives the same view. None draws one from TF's global
-  generator (convenient interactively, not reproducible; the pipelines always pass seeds).
-  """
-  if seed is None:
-    seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
-  s_crop, s_flip, s_color, s_blur = _split(seed, 4)
-  image = to_float(image)
-  if crop:
-    image = random_crop_with_resize(image, height, width, s_crop, area_min)
-  else:
-    image = resize(image, height, width)
+def _finish_view(image, height, width, seeds, color_jitter_strength, use_blur, flip, impl):
+  """The ops after crop + resize: flip, colour distortion, blur, clip (seeds: _split(seed, 4))."""
+  _, s_flip, s_color, s_blur = seeds
   if flip:
     image = random_flip(image, s_flip)
   if color_jitter_strength > 0:
@@ -147,6 +202,59 @@ def preprocess_for_train(image, height, width, *, color_jitter_strength=1.0, use
     image = random_blur(image, height, s_blur)
   image = tf.reshape(image, [height, width, 3])
   return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def preprocess_for_train(image, height, width, *, color_jitter_strength=1.0, use_blur=True,
+                         crop=True, flip=True, impl='simclrv2', area_min=0.08, seed=None):
+  """One training view. image: [h, w, 3] uint8 or float, or encoded image bytes (a scalar
+  tf.string: with `crop`, only the crop window of a JPEG is decoded, see decode_random_crop);
+  returns float32 [height, width, 3] in [0, 1].
+
+  `seed`: [2] integer tensor; the same seed gives the same view. None draws one from TF's global
+  generator (convenient interactively, not reproducible; the pipelines always pass seeds).
+  `color_jitter_strength=0, use_blur=False` is the crop + flip the host ships when colour and blur
+  run on the accelerator (config.aug.on_device; simclr_jax/device_augment.py).
+  """
+  if seed is None:
+    seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
+  seeds = _split(seed, 4)
+  image = tf.convert_to_tensor(image)
+  if image.dtype == tf.string:
+    if crop:
+      image = resize(to_float(decode_random_crop(image, height, width, seeds[0], area_min)),
+                     height, width)
+    else:
+      image = resize(to_float(decode_image(image)), height, width)
+  elif crop:  # Slice, then convert only the crop (as random_crop_with_resize; same values).
+    begin, size = crop_window(tf.shape(image), height, width, seeds[0], area_min)
+    image = resize(to_float(tf.slice(image, begin, size)), height, width)
+  else:
+    image = resize(to_float(image), height, width)
+  return _finish_view(image, height, width, seeds, color_jitter_strength, use_blur, flip, impl)
+
+
+def preprocess_views_for_train(image, height, width, seeds, *, color_jitter_strength=1.0,
+                               use_blur=True, crop=True, flip=True, impl='simclrv2',
+                               area_min=0.08, jpeg_union=True):
+  """[preprocess_for_train(image, seed=s, ...) for s in seeds], decoding encoded bytes once.
+
+  Pixels give exactly those views (and encoded bytes without `crop`, decoded once). Encoded bytes with `crop`
+  are decoded once for all views (decode_random_crops: a JPEG only in the window that holds every
+  view's crop if `jpeg_union`, else each view decodes its own window): the same crop windows, and
+  the same pixels up to the 4:2:0 chroma edge effect decode_random_crop describes.
+  """
+  kw = dict(color_jitter_strength=color_jitter_strength, use_blur=use_blur, flip=flip, impl=impl)
+  image = tf.convert_to_tensor(image)
+  if image.dtype == tf.string and not crop:
+    image = decode_image(image)
+  if image.dtype != tf.string:
+    return [preprocess_for_train(image, height, width, seed=s, crop=crop, area_min=area_min, **kw)
+            for s in seeds]
+  split = [_split(s, 4) for s in seeds]
+  crops = decode_random_crops(image, height, width, [x[0] for x in split], area_min,
+                              union=jpeg_union)
+  return [_finish_view(resize(to_float(c), height, width), height, width, x, **kw)
+          for c, x in zip(crops, split)]
 
 
 def center_crop(image, height, width, crop_proportion=CROP_PROPORTION):

@@ -15,6 +15,9 @@ run sees exactly the views the uninterrupted run would have seen.
 Evaluation reads each process's contiguous share of the split (or of a subset of its positions,
 such as a kNN bank) in stored order (eval_batches).
 Images cross to the device as uint8 (4x fewer bytes than float32); the step divides by 255.
+Encoded (TFDS) training images reach the augmentation undecoded, which decodes only the JPEG
+window the two views' crops need (JPEG_DECODE). With config.aug.on_device the host ships crop +
+flip only and the step applies colour, grayscale and blur (simclr_jax/device_augment.py).
 """
 
 import dataclasses
@@ -32,6 +35,13 @@ from simclr_jax.data import streams
 
 _SHUFFLE_SALT = 1_000_003
 _AUG_SALT = 2_000_003
+# How training views of encoded (TFDS) JPEGs are decoded: 'union' decodes once, only the window
+# that holds both views' crops (tf.io.decode_and_crop_jpeg), and slices each crop from it;
+# 'per_view' decodes each view's own window; 'whole' decodes the whole image once when it is read.
+# All three take the same crop windows; bench/input_pipeline.py measures them (README,
+# Performance). Other formats (PNG) are decoded whole once in every mode.
+JPEG_DECODE = 'union'
+JPEG_DECODES = ('union', 'per_view', 'whole')
 HEAD_LABELS = 256  # Labels get_info reads from the start of the probe and eval splits.
 
 
@@ -216,24 +226,31 @@ def _read_range(config: ml_collections.ConfigDict, split: str, lo: int, hi: int
 
 
 def make_views_fn(config: ml_collections.ConfigDict, stream_id: int = 0,
-                  dtype: tf.DType = tf.uint8):
+                  dtype: tf.DType = tf.uint8, jpeg_decode: str = JPEG_DECODE):
   """fn(t, image) -> [2, S, S, 3] views of stream element t (the training augmentation).
 
   Element t of stream `stream_id` (0 for the global in-memory order; the process index for
   per-process file streams) always gets the seeds (config.seed, stream_id, t), so the views are
-  a pure function of the image and its position in the stream. `dtype` uint8 (what the pipeline
-  ships: round(x * 255)) or float32 (the augmentation's own [0, 1] output; for the benchmark).
+  a pure function of the image and its position in the stream. `image`: uint8 pixels, or encoded
+  bytes, decoded here as `jpeg_decode` says (JPEG_DECODE; augment.preprocess_views_for_train).
+  `dtype` uint8 (what the pipeline ships: round(x * 255)) or float32 (the augmentation's own
+  [0, 1] output; for the benchmark). With config.aug.on_device the views are crop + flip only;
+  colour distortion and blur then run in the train step (simclr_jax/device_augment.py).
   """
+  if jpeg_decode not in JPEG_DECODES:
+    raise ValueError(f'jpeg_decode={jpeg_decode!r}; allowed: {JPEG_DECODES}.')
   a, size, seed = config.aug, config.data.image_size, config.seed
-  kw = dict(color_jitter_strength=a.color_jitter_strength, use_blur=a.use_blur, crop=a.crop,
-            flip=a.flip, impl=a.impl, area_min=a.crop_area_min)
+  on_device = bool(a.get('on_device', False))
+  kw = dict(color_jitter_strength=0.0 if on_device else a.color_jitter_strength,
+            use_blur=a.use_blur and not on_device, crop=a.crop, flip=a.flip, impl=a.impl,
+            area_min=a.crop_area_min)
 
   def views_fn(t, image):
     base = tf.stack([tf.constant(seed * _AUG_SALT + stream_id, tf.int64),
                      tf.cast(t, tf.int64)])
     s1, s2 = tf.unstack(tf.random.experimental.stateless_split(base, 2))
-    views = tf.stack([augment.preprocess_for_train(image, size, size, seed=s, **kw)
-                      for s in (s1, s2)])
+    views = tf.stack(augment.preprocess_views_for_train(
+        image, size, size, [s1, s2], jpeg_union=jpeg_decode == 'union', **kw))
     if dtype == tf.uint8:
       return tf.cast(tf.round(views * 255.0), tf.uint8)
     return tf.cast(views, dtype)
@@ -259,8 +276,10 @@ def train_dataset(config: ml_collections.ConfigDict, *, process_index: int, proc
                   start_step: int = 0) -> tf.data.Dataset:
   """Infinite stream of host-local batches {'views': uint8 [b,2,H,W,3], 'label': int32 [b]}."""
   b = per_process_batch(config.train.batch_size, process_count)
+  # Encoded images reach the augmentation undecoded: it decodes only the crop windows it needs.
   ds, stream_id = training_stream(config, config.data.train_split, process_index=process_index,
-                                  process_count=process_count, start_step=start_step)
+                                  process_count=process_count, start_step=start_step,
+                                  decode=JPEG_DECODE == 'whole')
   views_fn = make_views_fn(config, stream_id)
 
   def two_views(t, ex):
@@ -278,11 +297,14 @@ def in_memory(config: ml_collections.ConfigDict) -> bool:
 
 def training_stream(config: ml_collections.ConfigDict, split: str, *, process_index: int,
                     process_count: int, start_step: int, shuffle_salt: int = _SHUFFLE_SALT,
-                    indices: Optional[np.ndarray] = None) -> tuple[tf.data.Dataset, int]:
+                    indices: Optional[np.ndarray] = None, decode: bool = True
+                    ) -> tuple[tf.data.Dataset, int]:
   """(t, {'image': uint8 [h,w,3], 'label': int32}) from step start_step on, and the stream id
   that seeds the augmentation with t (see data/streams.py for the two orders).
 
   `indices`: kept examples of the whole split in stored order (label fractions); None = all.
+  `decode=False`: encoded images (TFDS) stay encoded bytes (scalar tf.string) for the
+  augmentation to decode; pixels (the embedded set) are unaffected.
   """
   d = config.data
   global_batch = config.train.batch_size
@@ -294,7 +316,7 @@ def training_stream(config: ml_collections.ConfigDict, split: str, *, process_in
       examples = {k: v[indices] for k, v in examples.items()}
     ds = streams.memory_stream(examples, global_batch=global_batch, process_index=process_index,
                                process_count=process_count, start_step=start_step, salt=salt)
-    return ds.map(lambda t, ex: (t, _decoded(ex)), num_parallel_calls=tf.data.AUTOTUNE,
+    return ds.map(lambda t, ex: (t, _decoded(ex, decode)), num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True), 0
   builder = _tfds_builder(config)
   _check_split(config, builder, split)
@@ -307,7 +329,7 @@ def training_stream(config: ml_collections.ConfigDict, split: str, *, process_in
   if indices is not None:
     keep = np.zeros((builder.info.splits[split].num_examples,), bool)
     keep[indices] = True
-  parse = functools.partial(_parse_record, builder.info.features)
+  parse = functools.partial(_parse_record, builder.info.features, decode=decode)
   ds, _ = streams.file_stream(
       builder.info.splits[split].file_instructions, b=b, process_index=process_index,
       process_count=process_count, start_step=start_step, salt=salt,
@@ -315,17 +337,18 @@ def training_stream(config: ml_collections.ConfigDict, split: str, *, process_in
   return ds, process_index
 
 
-def _parse_record(features, record: tf.Tensor) -> dict:
-  from tensorflow_datasets import decode  # pylint: disable=g-import-not-at-top
-  ex = features.deserialize_example(record, decoders={'image': decode.SkipDecoding()})
-  return _decoded({'image': ex['image'], 'label': ex['label']})
+def _parse_record(features, record: tf.Tensor, decode: bool = True) -> dict:
+  from tensorflow_datasets import decode as tfds_decode  # pylint: disable=g-import-not-at-top
+  ex = features.deserialize_example(record, decoders={'image': tfds_decode.SkipDecoding()})
+  return _decoded({'image': ex['image'], 'label': ex['label']}, decode)
 
 
-def _decoded(ex: dict) -> dict:
-  """{'image': encoded bytes or uint8 pixels, 'label'} -> uint8 [h, w, 3] pixels, int32 label."""
+def _decoded(ex: dict, decode: bool = True) -> dict:
+  """{'image': encoded bytes or uint8 pixels, 'label'} -> uint8 [h, w, 3] pixels (encoded bytes
+  kept as they are if not `decode`), int32 label."""
   image = ex['image']
-  if image.dtype == tf.string:
-    image = tf.io.decode_image(image, channels=3, expand_animations=False)
+  if decode and image.dtype == tf.string:
+    image = augment.decode_image(image)
   return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
 
 
