@@ -53,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.aug.color_jitter_strength = 0.5  # Colour distortion strength s (paper ImageNet 1.0, CIFAR 0.5).
   config.aug.impl = 'simclrv2'  # 'simclrv2' multiplicative brightness, 'simclrv1' additive.
   config.aug.use_blur = False  # Gaussian blur with p=0.5 (paper: ImageNet on, CIFAR off).
+  config.aug.on_device = False  # Colour, grayscale and blur in the jitted step; host: crop + flip.
 
   # ---- model: encoder f and heads (official flags of the same names) ----
   config.model = ml_collections.ConfigDict()

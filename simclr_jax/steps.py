@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from simclr_jax import device_augment
 from simclr_jax import losses
 from simclr_jax import optim
 
@@ -37,6 +38,8 @@ def loss_and_grads(params, state: TrainState, batch: dict[str, jax.Array], *,
                    ) -> tuple[Any, dict[str, jax.Array], Any]:
   """(gradients w.r.t. params, metrics, new BN statistics) of the SimCLR loss on one batch."""
   views = batch['views']
+  if config.aug.get('on_device', False):  # Colour, grayscale, blur of the host's crops, here.
+    views = device_augment.augment_batch(views, state.step, config)
   b = views.shape[0]
   images = to_float_images(views.reshape((2 * b,) + views.shape[2:]))  # rows 2i, 2i+1: example i.
 

@@ -78,6 +78,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
   _check(0 <= a.color_jitter_strength <= 1.25, 'aug.color_jitter_strength',
          a.color_jitter_strength, '[0, 1.25] (saturation factor 1 - 0.8 s must stay >= 0)')
   _check(a.impl in augment.IMPLS, 'aug.impl', a.impl, str(augment.IMPLS))
+  _check(isinstance(a.on_device, bool), 'aug.on_device', a.on_device, 'True or False')
   for key, value in (('train.batch_size', t.batch_size), ('eval.batch_size', e.batch_size)):
     _check(value > 0 and value % num_devices == 0 and value % process_count == 0, key, value,
            f'a positive multiple of the {num_devices} devices and {process_count} process(es), '
