@@ -1,16 +1,22 @@
 """Host-side throughput of the SimCLR input pipeline's augmentation (tf.data, CPU).
 
-    python bench/input_pipeline.py [--seconds=8]
+    python bench/input_pipeline.py [--seconds=4] [--rounds=2]
 
 Measures images/s (one image = two augmented views) of exactly the function the training pipeline
-maps over its stream (input_pipeline.make_views_fn) for two recipes, with the tf.data private
-thread pool limited to 1 and 2 threads:
+maps over its stream (input_pipeline.make_views_fn), with the tf.data private thread pool limited
+to 1 and 2 threads, for:
 - CIFAR: 32x32 uint8 images in memory; crop + flip + colour jitter s=0.5, no blur.
-- ImageNet: synthetic 400x350 JPEGs (smooth colour fields + noise, quality 90) decoded in the
-  pipeline; crop + resize to 224, flip, colour jitter s=1.0, blur on (here blur runs on the host;
-  the official code blurs on the accelerator).
-Then float32 views (the augmentation's own output) against the uint8 views the pipeline ships.
-The machine may be shared: the load average is printed with the table.
+- ImageNet: synthetic 400x350 JPEGs (smooth colour fields + noise, quality 90, 4:2:0 chroma like
+  ImageNet's); crop + resize to 224, flip, colour jitter s=1.0, blur on:
+  (a) as before this change: decode the whole image, convert it to float, crop it twice;
+  decode once and crop the uint8 pixels twice (what in-memory pixel sources do now);
+  (b) decode_and_crop: each view decodes only its crop window (input_pipeline.DECODE_AND_CROP,
+      what file-backed TFDS training does now);
+  (c) config.aug.on_device: the host only decodes, crops, resizes and flips; colour, grayscale and
+      blur run in the train step on the accelerator, whose cost is not measured here.
+  Plus (b) with float32 views (the augmentation's own output) against the uint8 views shipped.
+Every row is measured once per round, rounds interleaved, and the median is shown: the machine
+may be shared (the load average is printed with the table).
 """
 
 import argparse
@@ -64,9 +70,14 @@ def imagenet_source(n=32, h=350, w=400):
   return tf.data.Dataset.from_tensor_slices(jpegs), decode, np.mean([len(j) for j in jpegs])
 
 
-def measure(config, source, decode, threads, seconds, dtype=tf.uint8):
-  views_fn = input_pipeline.make_views_fn(config, dtype=dtype)
-  ds = source.repeat().enumerate().map(lambda t, x: views_fn(t, decode(x)),
+def _float_image(x):
+  return tf.image.convert_image_dtype(x, tf.float32)
+
+
+def measure(config, source, prepare, threads, seconds, dtype=tf.uint8, jpeg_decode='union'):
+  """images/s and bytes per image out of views_fn(t, prepare(x)) over `source` in tf.data."""
+  views_fn = input_pipeline.make_views_fn(config, dtype=dtype, jpeg_decode=jpeg_decode)
+  ds = source.repeat().enumerate().map(lambda t, x: views_fn(t, prepare(x)),
                                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
   ds = ds.batch(BATCH).prefetch(4)
   opts = tf.data.Options()
@@ -86,45 +97,67 @@ def measure(config, source, decode, threads, seconds, dtype=tf.uint8):
   return n / (time.perf_counter() - t0), nbytes
 
 
+def on_device_config():
+  c = imagenet_config()
+  c.aug.on_device = True
+  return c
+
+
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument('--seconds', type=float, default=8.0)
+  parser.add_argument('--seconds', type=float, default=4.0)
+  parser.add_argument('--rounds', type=int, default=2,
+                      help='every row is measured once per round, rounds interleaved; median shown')
   args = parser.parse_args()
   tf.config.set_visible_devices([], 'GPU')
   print(f'TF {tf.__version__}; os.cpu_count()={os.cpu_count()}; '
-        f'load average before: {os.getloadavg()[0]:.2f}; {args.seconds:.0f} s per row, '
-        f'batches of {BATCH}.')
-  cifar = cifar_source()
-  inet_ds, inet_decode, jpeg_bytes = imagenet_source()
-  print(f'ImageNet source: 400x350 JPEGs, mean {jpeg_bytes / 1e3:.1f} kB.\n')
-  rows = []
-  header = (f'{"recipe":<44} {"threads":>7} {"images/s":>9} {"img/s/core":>10} '
+        f'load average before: {os.getloadavg()[0]:.2f}; {args.seconds:.0f} s per row and round, '
+        f'{args.rounds} rounds (median shown), batches of {BATCH}.')
+  cifar, pixels = cifar_source()
+  inet, decode, jpeg_bytes = imagenet_source()
+  print(f'ImageNet source: 400x350 JPEGs (4:2:0), mean {jpeg_bytes / 1e3:.1f} kB.\n')
+  # ImageNet prepare functions: what reaches input_pipeline.make_views_fn.
+  as_before = lambda x: _float_image(decode(x))  # Old path: whole image to float, crop twice.
+  encoded = lambda x: x  # Bytes: decoded by the augmentation (jpeg_decode says how).
+  full, dev = 'ImageNet JPEG->224 s=1.0 + blur, uint8', 'ImageNet on_device (host: crop+flip)'
+  inet_cases = [(f'{full}: (a) as before', imagenet_config(), as_before, 'whole'),
+                (f'{full}: decode whole once, crop twice', imagenet_config(), decode, 'whole'),
+                (f'{full}: (b) decode_and_crop per view', imagenet_config(), encoded, 'per_view'),
+                (f'{full}: (b) decode_and_crop union once', imagenet_config(), encoded, 'union'),
+                (f'{dev}: decode whole once', on_device_config(), decode, 'whole'),
+                (f'{dev}: (c) decode_and_crop per view', on_device_config(), encoded, 'per_view'),
+                (f'{dev}: (c) decode_and_crop union once', on_device_config(), encoded, 'union')]
+  cases = [('CIFAR 32px crop+flip+jitter s=0.5, uint8', cifar_config(), cifar, pixels, threads,
+            tf.uint8, 'union') for threads in (1, 2)]
+  cases += [(name, config, inet, prepare, threads, tf.uint8, mode)
+            for name, config, prepare, mode in inet_cases for threads in (1, 2)]
+  cases.append((f'{full}: union once, float32 out', imagenet_config(), inet, encoded, 2,
+                tf.float32, 'union'))
+  rates = {i: [] for i in range(len(cases))}
+  sizes = {}
+  for r in range(args.rounds):
+    for i, (name, config, src, prepare, threads, dtype, mode) in enumerate(cases):
+      rate, sizes[i] = measure(config, src, prepare, threads, args.seconds, dtype, mode)
+      rates[i].append(rate)
+      print(f'  round {r + 1}: {name} / {threads} thread(s): {rate:.1f} images/s', flush=True)
+  header = (f'{"recipe":<72} {"threads":>7} {"images/s":>9} {"img/s/core":>10} '
             f'{"bytes/image":>11} {"MB/s out":>8}')
-  print(header)
+  print('\n' + header)
   print('-' * len(header))
-  cases = [('CIFAR 32px crop+flip+jitter s=0.5, uint8', cifar_config(), cifar, 1, tf.uint8),
-           ('CIFAR 32px crop+flip+jitter s=0.5, uint8', cifar_config(), cifar, 2, tf.uint8),
-           ('ImageNet JPEG->224 s=1.0 + blur, uint8', imagenet_config(),
-            (inet_ds, inet_decode), 1, tf.uint8),
-           ('ImageNet JPEG->224 s=1.0 + blur, uint8', imagenet_config(),
-            (inet_ds, inet_decode), 2, tf.uint8),
-           ('ImageNet JPEG->224 s=1.0 + blur, float32', imagenet_config(),
-            (inet_ds, inet_decode), 2, tf.float32),
-           ('CIFAR 32px crop+flip+jitter s=0.5, float32', cifar_config(), cifar, 2, tf.float32)]
-  for name, config, (src, decode), threads, dtype in cases:
-    rate, nbytes = measure(config, src, decode, threads, args.seconds, dtype)
-    rows.append((name, threads, rate))
-    print(f'{name:<44} {threads:>7} {rate:>9.1f} {rate / threads:>10.1f} {nbytes:>11,} '
-          f'{rate * nbytes / 1e6:>8.1f}', flush=True)
+  per_core = {}
+  for i, (name, _, _, _, threads, _, _) in enumerate(cases):
+    rate = float(np.median(rates[i]))
+    per_core[(name, threads)] = rate / threads
+    print(f'{name:<72} {threads:>7} {rate:>9.1f} {rate / threads:>10.1f} {sizes[i]:>11,} '
+          f'{rate * sizes[i] / 1e6:>8.1f}')
   print(f'\nload average after: {os.getloadavg()[0]:.2f}')
-  inet = max(r for n, t, r in rows if n.startswith('ImageNet') and 'uint8' in n and t == 1)
-  inet2 = max(r / 2 for n, t, r in rows if n.startswith('ImageNet') and 'uint8' in n and t == 2)
-  per_core = max(inet, inet2)
-  for target in (185, 370):
-    print(f'ImageNet recipe at {target} images/s per accelerator core (paper: 185 per TPU v3 core): '
-          f'{target / per_core:.1f} host cores per accelerator core at {per_core:.1f} '
-          f'images/s per host core.')
-
+  best = lambda key: max(v for (n, _), v in per_core.items() if key in n)
+  before = best('(a) as before')
+  for label, key in (('host does everything, best of (b)', '(b) decode_and_crop'),
+                     ('aug.on_device, best of (c)', '(c) decode_and_crop')):
+    rate = best(key)
+    print(f'{label}: {rate:.1f} images/s per host core, {rate / before:.2f}x (a) ({before:.1f}); '
+          f'{185 / rate:.2f} host cores per accelerator core at 185 images/s (paper, TPU v3).')
 
 if __name__ == '__main__':
   main()
