@@ -9,11 +9,12 @@ to 1 and 2 threads, for:
 - ImageNet: synthetic 400x350 JPEGs (smooth colour fields + noise, quality 90, 4:2:0 chroma like
   ImageNet's); crop + resize to 224, flip, colour jitter s=1.0, blur on:
   (a) as before this change: decode the whole image, convert it to float, crop it twice;
-  decode once and crop the uint8 pixels twice (what in-memory pixel sources do now);
-  (b) decode_and_crop: each view decodes only its crop window (input_pipeline.DECODE_AND_CROP,
-      what file-backed TFDS training does now);
-  (c) config.aug.on_device: the host only decodes, crops, resizes and flips; colour, grayscale and
-      blur run in the train step on the accelerator, whose cost is not measured here.
+  decode the whole image once and crop the uint8 pixels twice (jpeg_decode 'whole');
+  (b) decode_and_crop: the crop windows come from the JPEG header and only they are decoded,
+      each view its own window ('per_view') or the window holding both crops once ('union',
+      input_pipeline.JPEG_DECODE, what TFDS training does now);
+  (c) the same with config.aug.on_device: the host only decodes, crops, resizes and flips;
+      colour, grayscale and blur run in the train step on the accelerator, not measured here.
   Plus (b) with float32 views (the augmentation's own output) against the uint8 views shipped.
 Every row is measured once per round, rounds interleaved, and the median is shown: the machine
 may be shared (the load average is printed with the table).
