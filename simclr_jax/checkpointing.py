@@ -105,11 +105,18 @@ def flat(config: dict, prefix: str = '') -> dict:
   return out
 
 
+# Keys added after runs were written, with the value that reproduces those runs: absent in an old
+# config.json and at this value now is no change.
+ADDED_KEYS = {'aug.on_device': False, 'model.conv_impl': 'auto', 'train.profile_steps': 0}
+
+
 def config_changes(old: dict, new: dict) -> tuple[list, list]:
   """(changes that matter, harmless changes) between two config dicts, each as (key, old, new)."""
   a, b = flat(old), flat(new)
   changed = [(k, a.get(k, '<absent>'), b.get(k, '<absent>')) for k in sorted(set(a) | set(b))
              if a.get(k, '<absent>') != b.get(k, '<absent>')]
+  changed = [c for c in changed
+             if not (c[1] == '<absent>' and c[0] in ADDED_KEYS and c[2] == ADDED_KEYS[c[0]])]
   harmless = [c for c in changed if any(c[0] == h or (h.endswith('.') and c[0].startswith(h))
                                         for h in HARMLESS_KEYS)]
   return [c for c in changed if c not in harmless], harmless
