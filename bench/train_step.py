@@ -1,88 +1,265 @@
-"""Pretraining-step throughput on this machine: images/s (2 views each) of the jitted train step.
+"""Training-step throughput of simclr_jax, side by side with PyTorch and TF2 references.
 
-    python bench/train_step.py [--config=configs/default.py] [--devices=1,2] [--steps=10]
+    python bench/train_step.py                       # every section (~15 min on 2 CPU cores)
+    python bench/train_step.py --sections=models,reference --repeats=5
+    python bench/train_step.py --sections=models --models=r50_224 --dtypes=bfloat16 \
+        --batch=256 --devices=1                      # one row (used by bench/gpu.sh)
 
-Each device count runs in its own subprocess (XLA_FLAGS must be set before JAX starts), on a
-fixed synthetic uint8 batch, so the input pipeline is excluded; compile time is reported apart.
-Prints a table; ratios are measured side by side in one run.
+Sections (each row runs in its own subprocess: XLA_FLAGS must be set before JAX starts):
+  models     ResNet-18 32 px (CIFAR stem), ResNet-50 64 px and 224 px, float32 and bfloat16
+  impl       model.conv_impl 'xla' against 'matmul_grad' (the CPU convolution gradient)
+  batch      step time as the global batch grows (network O(N), NT-Xent O(N^2 d)), with the
+             loss's own time measured apart
+  devices    1, 2 and 4 emulated devices on the same global batch
+  reference  the same network, loss and LARS in plain PyTorch (bench/pytorch_reference.py) and
+             TF2 (bench/tf2_reference.py), timed in this run; ratios are ours / theirs
+The step is the real jitted `steps.train_step` (ResNet, 3-layer head, online probe, NT-Xent over
+the global batch, LARS) on a fixed synthetic uint8 batch: the input pipeline is excluded, and so
+is compilation (reported apart). Each timed step is blocked on, so the table gives the median
+step and the spread (min-max) of `--repeats` steps after one warm-up step.
+
+MFU: XLA's cost analysis of the compiled step over the device peak (simclr_jax/chips.py; on CPU a
+float32 matmul measured in the same process). Imports neither TensorFlow nor clu (checked), so it
+runs on a machine with only jax, flax, optax and ml_collections.
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = {  # name: (depth, image size, default global batch on CPU)
+    'r18_32': (18, 32, 64),
+    'r50_64': (50, 64, 32),
+    'r50_224': (50, 224, 8),
+}
 
 
-def worker(config_path: str, steps: int, overrides: list[str]) -> dict:
-  import functools  # pylint: disable=g-import-not-at-top
-  import jax
-  import numpy as np
-  from ml_collections import config_flags  # noqa: F401  (import for side effects only)
-  import importlib.util
+def _config(depth, size, batch, dtype, conv_impl):
   sys.path.insert(0, ROOT)
-  from simclr_jax import models, optim, sharding, steps as steps_lib, train
-  spec = importlib.util.spec_from_file_location('cfg', os.path.join(ROOT, config_path))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  config = mod.get_config()
-  for o in overrides:
-    key, value = o.split('=', 1)
-    group, field = key.split('.')
-    config[group][field] = type(config[group][field])(value)
+  from configs import default  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  c.model.resnet_depth, c.model.width_multiplier, c.model.num_proj_layers = depth, 1.0, 3
+  c.data.image_size, c.train.batch_size, c.model.dtype = size, batch, dtype
+  c.model.conv_impl = conv_impl
+  c.optim.optimizer = 'lars'
+  return c
+
+
+def worker(a) -> dict:
+  """One row, in this process: compile, warm up, time `a.repeats` steps."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, ROOT)
+  from simclr_jax import losses, models, optim, sharding, steps, utilization  # pylint: disable=g-import-not-at-top,g-multiple-import
+  leaked = [m for m in ('tensorflow', 'clu') if m in sys.modules]
+  if leaked:
+    raise RuntimeError(f'bench/train_step.py must not import {leaked}')
+  config = _config(a.depth, a.image_size, a.batch, a.dtype, a.conv_impl)
   mesh = sharding.make_mesh()
   num_examples = 50_000
   model = models.build_model(config, 10)
-  init_fn = train.make_init_fn(config, model, optim.create_optimizer(config, num_examples), mesh)
-  state = init_fn()
+  state = steps.make_init_fn(config, model, optim.create_optimizer(config, num_examples), mesh)()
   lr_fn = optim.create_learning_rate_fn(config, num_examples)
-  step = jax.jit(functools.partial(steps_lib.train_step, config=config, lr_fn=lr_fn, mesh=mesh),
+  step = jax.jit(functools.partial(steps.train_step, config=config, lr_fn=lr_fn, mesh=mesh),
                  donate_argnums=(0,))
   b, s = config.train.batch_size, config.data.image_size
   rng = np.random.RandomState(0)
   batch = sharding.global_batch({'views': rng.randint(0, 256, (b, 2, s, s, 3), np.uint8),
                                  'label': rng.randint(0, 10, (b,)).astype(np.int32)}, mesh)
-  t = time.time()
-  state, m = step(state, batch)
+  t = time.perf_counter()
+  flops = utilization.step_flops(step, state, batch)
+  compile_s = time.perf_counter() - t
+  state, m = step(state, batch)  # Warm-up: first dispatch, allocations.
   jax.block_until_ready(m)
-  compile_s = time.time() - t
-  t = time.time()
-  for _ in range(steps):
+  times = []
+  for _ in range(a.repeats):
+    t = time.perf_counter()
     state, m = step(state, batch)
-  jax.block_until_ready(m)
-  dt = time.time() - t
-  return {'devices': mesh.size, 'compile_s': compile_s, 'step_s': dt / steps,
-          'images_per_s': b * steps / dt}
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t)
+  pk = utilization.peak(list(mesh.devices.flat))
+  med = statistics.median(times)
+  row = {'devices': mesh.size, 'compile_s': compile_s, 'step_s': med, 'step_min': min(times),
+         'step_max': max(times), 'images_per_s': b / med, 'flops': flops,
+         'mfu': flops / med / pk.flops_per_second if flops and pk else None,
+         'peak': pk.description if pk else None, 'backend': jax.default_backend(),
+         'conv_impl': models.resolve_conv_impl(config),
+         'loss': float(m['contrast_loss'])}
+  mem = jax.devices()[0].memory_stats() or {}
+  row['peak_bytes'] = mem.get('peak_bytes_in_use')
+  if a.loss_only:  # The NT-Xent alone (forward + backward) on 2N random projections.
+    z = jax.random.normal(jax.random.PRNGKey(0), (b, 2, 128))
+    z = jax.device_put(z, sharding.batch_sharding(mesh) if hasattr(sharding, 'batch_sharding')
+                       else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data')))
+    loss = jax.jit(jax.grad(lambda z: losses.nt_xent(z[:, 0], z[:, 1], 0.5, True,
+                                                     mesh=mesh)[0]))
+    jax.block_until_ready(loss(z))
+    lt = []
+    for _ in range(max(a.repeats, 3)):
+      t = time.perf_counter()
+      jax.block_until_ready(loss(z))
+      lt.append(time.perf_counter() - t)
+    row['loss_s'] = statistics.median(lt)
+  return row
+
+
+def _run_ours(args, *, depth, size, batch, dtype='float32', devices=1, conv_impl='auto',
+              loss_only=False) -> dict:
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  if args.platform == 'cpu':
+    env.update(JAX_PLATFORMS='cpu',
+               XLA_FLAGS=(env.get('XLA_FLAGS', '') +
+                          f' --xla_force_host_platform_device_count={devices}').strip())
+  cmd = [sys.executable, os.path.abspath(__file__), '--worker', f'--depth={depth}',
+         f'--image_size={size}', f'--batch={batch}', f'--dtype={dtype}',
+         f'--repeats={args.repeats}', f'--conv_impl={conv_impl}'] + (
+             ['--loss_only'] if loss_only else [])
+  return _json_tail(subprocess.run(cmd, env=env, capture_output=True, text=True), cmd)
+
+
+def _run_reference(args, module, *, depth, size, batch, dtype='float32', extra=()) -> dict:
+  cmd = [sys.executable, os.path.join(ROOT, 'bench', module), f'--depth={depth}',
+         f'--image_size={size}', f'--batch={batch}', f'--dtype={dtype}',
+         f'--steps={args.repeats}', '--warmup_steps=1', '--proj_layers=3'] + list(extra)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
+  r = _json_tail(subprocess.run(cmd, env=env, capture_output=True, text=True), cmd)
+  if 'error' not in r:
+    r.setdefault('step_min', r.get('step_s_min'))
+    r.setdefault('step_max', r.get('step_s_max'))
+  return r
+
+
+def _json_tail(proc, cmd) -> dict:
+  for line in reversed(proc.stdout.strip().splitlines()):
+    if line.startswith('{'):
+      return json.loads(line)
+  err = (proc.stderr.strip().splitlines() or ['no output'])[-1]
+  return {'error': f'{os.path.basename(cmd[1])}: {err[:160]}'}
+
+
+def _fmt(label, r, base=None):
+  if 'error' in r:
+    return f'| {label} | failed: {r["error"]} |'
+  spread = f'{r["step_min"]:.3f}-{r["step_max"]:.3f}' if r.get('step_min') is not None else '-'
+  mfu = f'{100 * r["mfu"]:.1f}%' if r.get('mfu') else '-'
+  comp = f'{r["compile_s"]:.1f}' if r.get('compile_s') is not None else '-'
+  ratio = f'{r["images_per_s"] / base:.2f}' if base else '-'
+  return (f'| {label} | {comp} | {r["step_s"]:.3f} | {spread} | {r["images_per_s"]:.1f} | '
+          f'{mfu} | {ratio} |')
+
+
+HEADER = ('| row | compile s | step s (median) | spread (min-max) | images/s | MFU | ratio |\n'
+          '|---|---|---|---|---|---|---|')
 
 
 def main():
-  p = argparse.ArgumentParser()
-  p.add_argument('--config', default='configs/default.py')
-  p.add_argument('--devices', default='1,2')
-  p.add_argument('--steps', type=int, default=10)
-  p.add_argument('--override', action='append', default=[], help='group.field=value')
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--sections', default='models,impl,batch,devices,reference')
+  p.add_argument('--models', default='r18_32,r50_64,r50_224')
+  p.add_argument('--dtypes', default='float32,bfloat16')
+  p.add_argument('--repeats', type=int, default=3, help='timed steps per row (after 1 warm-up)')
+  p.add_argument('--rounds', type=int, default=1,
+                 help='alternations of the impl and reference sections (noise check)')
+  p.add_argument('--batch', type=int, default=0, help='global batch for the models section '
+                 '(0: each model\'s CPU default)')
+  p.add_argument('--devices', type=int, default=1, help='devices for the models section')
+  p.add_argument('--platform', default='cpu', help="'cpu' (emulated devices) or 'gpu'")
+  p.add_argument('--json', default='', help='also write every row to this JSON file')
+  # Worker-only flags.
   p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+  p.add_argument('--depth', type=int, default=18, help=argparse.SUPPRESS)
+  p.add_argument('--image_size', type=int, default=32, help=argparse.SUPPRESS)
+  p.add_argument('--dtype', default='float32', help=argparse.SUPPRESS)
+  p.add_argument('--conv_impl', default='auto', help=argparse.SUPPRESS)
+  p.add_argument('--loss_only', action='store_true', help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.worker:
-    print(json.dumps(worker(args.config, args.steps, args.override)))
+    print(json.dumps(worker(args)), flush=True)
     return
-  rows = []
-  for n in [int(x) for x in args.devices.split(',')]:
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={n}',
-               JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
-    cmd = [sys.executable, __file__, '--worker', '--config', args.config, '--steps',
-           str(args.steps)] + [f'--override={o}' for o in args.override]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    rows.append(json.loads(out.strip().splitlines()[-1]))
-  base = rows[0]['images_per_s']
-  print(f'config={args.config} overrides={args.override} steps={args.steps} (cores: {os.cpu_count()})')
-  print(f'{"devices":>8} {"compile s":>10} {"step s":>8} {"images/s":>9} {"views/s":>8} {"vs first":>8}')
-  for r in rows:
-    print(f'{r["devices"]:>8} {r["compile_s"]:>10.1f} {r["step_s"]:>8.3f} {r["images_per_s"]:>9.1f} '
-          f'{2 * r["images_per_s"]:>8.1f} {r["images_per_s"] / base:>8.2f}')
+  sections = args.sections.split(',')
+  rows = {}
+  print(f'bench/train_step.py on {os.cpu_count()} cores, platform {args.platform}, '
+        f'{args.repeats} timed steps per row; load average {os.getloadavg()[0]:.1f}', flush=True)
+
+  if 'models' in sections:
+    print('\n### Models (global batch; 3-layer head, online probe, LARS)\n' + HEADER)
+    for name in args.models.split(','):
+      depth, size, batch = MODELS[name]
+      batch = args.batch or batch
+      base = None
+      for dtype in args.dtypes.split(','):
+        r = _run_ours(args, depth=depth, size=size, batch=batch, dtype=dtype,
+                      devices=args.devices)
+        rows[f'models/{name}/{dtype}'] = r
+        base = base or r.get('images_per_s')
+        print(_fmt(f'ResNet-{depth} {size} px B{batch} {dtype} ({args.devices} dev)', r, base),
+              flush=True)
+
+  if 'impl' in sections:
+    print('\n### model.conv_impl on XLA:CPU: ResNet-18 32 px B64 float32, 1 device\n' + HEADER)
+    base = None
+    for rep in range(args.rounds):  # Alternate: the machine's noise can exceed the effect.
+      for impl in ('xla', 'matmul_grad'):
+        r = _run_ours(args, depth=18, size=32, batch=64, conv_impl=impl)
+        rows[f'impl/{impl}/{rep}'] = r
+        base = base or r.get('images_per_s')
+        print(_fmt(f'{impl} (run {rep + 1})', r, base), flush=True)
+
+  if 'batch' in sections:
+    print('\n### Global batch: ResNet-18 32 px float32, 1 device (ratio: images/s vs B16)\n'
+          '| global batch | step s | images/s | ms per image | NT-Xent fwd+bwd ms | ratio |\n'
+          '|---|---|---|---|---|---|')
+    base = None
+    for batch in (16, 32, 64):
+      r = _run_ours(args, depth=18, size=32, batch=batch, loss_only=True)
+      rows[f'batch/{batch}'] = r
+      if 'error' in r:
+        print(f'| {batch} | failed: {r["error"]} |')
+        continue
+      base = base or r['images_per_s']
+      print(f'| {batch} | {r["step_s"]:.3f} | {r["images_per_s"]:.1f} | '
+            f'{1e3 * r["step_s"] / batch:.1f} | {1e3 * r["loss_s"]:.2f} | '
+            f'{r["images_per_s"] / base:.2f} |', flush=True)
+
+  if 'devices' in sections:
+    print('\n### Emulated devices: ResNet-18 32 px B64 float32 (ratio vs 1 device)\n' + HEADER)
+    base = None
+    for n in (1, 2, 4):
+      r = _run_ours(args, depth=18, size=32, batch=64, devices=n)
+      rows[f'devices/{n}'] = r
+      base = base or r.get('images_per_s')
+      print(_fmt(f'{n} device(s)', r, base), flush=True)
+
+  if 'reference' in sections:
+    print('\n### Side by side: ResNet-18 32 px B64 float32, LARS (ratio: ours / theirs, '
+          'images/s; alternated --rounds times)\n' + HEADER)
+    for rep in range(args.rounds):
+      ours = {n: _run_ours(args, depth=18, size=32, batch=64, devices=n) for n in (1, 2)}
+      torch_nchw = _run_reference(args, 'pytorch_reference.py', depth=18, size=32, batch=64)
+      torch_cl = _run_reference(args, 'pytorch_reference.py', depth=18, size=32, batch=64,
+                                extra=['--channels_last'])
+      tf2 = _run_reference(args, 'tf2_reference.py', depth=18, size=32, batch=64)
+      theirs = {'PyTorch 2.13 (NCHW)': torch_nchw, 'PyTorch 2.13 (channels_last)': torch_cl,
+                'TF2 reference (tf.function)': tf2}
+      for n, r in ours.items():
+        rows[f'reference/ours_{n}dev/{rep}'] = r
+        print(_fmt(f'simclr_jax, {n} emulated device(s) (run {rep + 1})', r), flush=True)
+      best = max(r.get('images_per_s', 0) for r in ours.values())
+      for label, r in theirs.items():
+        rows[f'reference/{label}/{rep}'] = r
+        ratio = best / r['images_per_s'] if 'images_per_s' in r else None
+        line = _fmt(f'{label} (run {rep + 1})', r)
+        print(line if ratio is None else line.rsplit('| - |', 1)[0] + f'| {ratio:.2f} |',
+              flush=True)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(rows, f, indent=1)
 
 
 if __name__ == '__main__':

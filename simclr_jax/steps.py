@@ -5,6 +5,7 @@ views of an example are reshaped into adjacent rows (2B images), so each device 
 examples (no resharding) and BN statistics cover both views of the whole global batch.
 """
 
+import functools
 from typing import Any, Callable, Optional
 
 import flax
@@ -17,6 +18,7 @@ import optax
 from simclr_jax import device_augment
 from simclr_jax import losses
 from simclr_jax import optim
+from simclr_jax import sharding
 
 
 class TrainState(train_state.TrainState):
@@ -95,3 +97,21 @@ def create_train_state(rng: jax.Array, model: flax.linen.Module, tx: optax.Gradi
   variables = model.init(rng, jnp.zeros((2,) + tuple(image_shape), jnp.float32), train=False)
   return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
                            batch_stats=variables.get('batch_stats', {}))
+
+
+def make_init_fn(config: ml_collections.ConfigDict, model, tx, mesh
+                 ) -> Callable[[], TrainState]:
+  """A compiled `() -> TrainState` whose arrays are created replicated on the mesh (no host
+  round trip). Call it again for an identical fresh state (the random-init baseline) without
+  recompiling.
+
+  The key uses the 'rbg' PRNG: on CPU, XLA compiles threefry-based initialisers ~6x slower
+  (34 s vs 6 s for the test model); initial values are still a pure function of config.seed.
+  """
+  shape = (config.data.image_size, config.data.image_size, 3)
+  init = functools.partial(create_train_state, model=model, tx=tx, image_shape=shape)
+  rng = jax.random.key(config.seed, impl='rbg')
+  abstract = jax.eval_shape(init, rng)
+  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  compiled = jax.jit(init, out_shardings=shardings)
+  return lambda: compiled(rng)
