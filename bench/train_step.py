@@ -109,7 +109,7 @@ def worker(a) -> dict:
   return row
 
 
-def _run_ours(args, *, depth, size, batch, dtype='float32', devices=1, conv_impl='auto',
+def _run_ours(args, *, depth, size, batch, dtype='float32', devices=1, conv_impl=None,
               loss_only=False) -> dict:
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   if args.platform == 'cpu':
@@ -118,7 +118,7 @@ def _run_ours(args, *, depth, size, batch, dtype='float32', devices=1, conv_impl
                           f' --xla_force_host_platform_device_count={devices}').strip())
   cmd = [sys.executable, os.path.abspath(__file__), '--worker', f'--depth={depth}',
          f'--image_size={size}', f'--batch={batch}', f'--dtype={dtype}',
-         f'--repeats={args.repeats}', f'--conv_impl={conv_impl}'] + (
+         f'--repeats={args.repeats}', f'--conv_impl={conv_impl or args.conv_impl}'] + (
              ['--loss_only'] if loss_only else [])
   return _json_tail(subprocess.run(cmd, env=env, capture_output=True, text=True), cmd)
 
@@ -176,7 +176,9 @@ def main():
   p.add_argument('--depth', type=int, default=18, help=argparse.SUPPRESS)
   p.add_argument('--image_size', type=int, default=32, help=argparse.SUPPRESS)
   p.add_argument('--dtype', default='float32', help=argparse.SUPPRESS)
-  p.add_argument('--conv_impl', default='auto', help=argparse.SUPPRESS)
+  p.add_argument('--conv_impl', default='auto',
+                 help="model.conv_impl of every row outside the impl section ('auto': "
+                      "matmul_grad on CPU, xla on GPU)")
   p.add_argument('--loss_only', action='store_true', help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.worker:

@@ -107,7 +107,7 @@ def flat(config: dict, prefix: str = '') -> dict:
 
 # Keys added after runs were written, with the value that reproduces those runs: absent in an old
 # config.json and at this value now is no change.
-ADDED_KEYS = {'aug.on_device': False, 'model.conv_impl': 'auto', 'train.profile_steps': 0}
+ADDED_KEYS = {'aug.on_device': False, 'model.conv_impl': 'xla', 'train.profile_steps': 0}
 
 
 def config_changes(old: dict, new: dict) -> tuple[list, list]:

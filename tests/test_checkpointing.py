@@ -61,7 +61,7 @@ def test_read_config_of_a_non_workdir_says_so(tmp_path):
 def test_keys_added_since_an_old_run_are_no_change_at_their_reproducing_value():
   old = {'aug': {'crop': True}, 'model': {'dtype': 'float32'}, 'train': {'steps': 6}}
   new = {'aug': {'crop': True, 'on_device': False},
-         'model': {'dtype': 'float32', 'conv_impl': 'auto'},
+         'model': {'dtype': 'float32', 'conv_impl': 'xla'},
          'train': {'steps': 6, 'profile_steps': 0}}
   assert checkpointing.config_changes(old, new) == ([], [])
   new['aug']['on_device'] = True  # Another stream than the old run's: it matters.

@@ -122,6 +122,8 @@ def test_model_gradients_equal_with_either_impl(depth=18, sk=0.0, size=36):
 
 def test_auto_picks_matmul_only_for_cpu_runs():
   config = default.get_config()
+  assert models.resolve_conv_impl(config) == 'xla'  # The default: opt in (README, Performance).
+  config.model.conv_impl = 'auto'
   assert jax.default_backend() == 'cpu'
   assert models.resolve_conv_impl(config) == 'matmul_grad'
   config.hardware.chip = 'v3'  # A compile-only plan for TPUs keeps the accelerator program.
@@ -130,7 +132,7 @@ def test_auto_picks_matmul_only_for_cpu_runs():
   config.hardware.chip = 'cpu'
   assert models.resolve_conv_impl(config) == 'xla'
   old = ml_collections.ConfigDict({'model': {'dtype': 'float32'}})  # A run from before the key.
-  assert models.resolve_conv_impl(old) == 'matmul_grad'
+  assert models.resolve_conv_impl(old) == 'xla'
   config.model.conv_impl = 'fast'
   with pytest.raises(ValueError, match="conv_impl='fast'"):
     models.resolve_conv_impl(config)

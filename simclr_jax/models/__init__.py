@@ -26,7 +26,7 @@ CONV_IMPLS = ('auto', 'xla', 'matmul_grad')
 def resolve_conv_impl(config: ml_collections.ConfigDict) -> str:
   """'auto' -> 'matmul_grad' when this process computes on the CPU backend for a CPU run, else
   'xla'. A compile-only plan for TPU/GPU (hardware.chip != 'cpu') keeps the accelerator program."""
-  impl = config.model.get('conv_impl', 'auto')
+  impl = config.model.get('conv_impl', 'xla')  # Runs from before the key used XLA's.
   if impl not in CONV_IMPLS:
     raise ValueError(f'config.model.conv_impl={impl!r}; allowed: {list(CONV_IMPLS)}.')
   if impl != 'auto':
