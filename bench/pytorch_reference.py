@@ -55,19 +55,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-BLOCKS_PER_GROUP = {
-    10: (1, 1, 1, 1),
-    18: (2, 2, 2, 2),
-    34: (3, 4, 6, 3),
-    50: (3, 4, 6, 3),
-    101: (3, 4, 23, 3),
-    152: (3, 8, 36, 3),
-    200: (3, 24, 36, 3),
-}
-BN_EPSILON = 1e-5
-BN_DECAY = 0.9
-LARGE_NUM = 1e9
-PROJ_OUT_DIM = 128
+from reference_common import BLOCKS_PER_GROUP, BN_DECAY, BN_EPSILON, LARGE_NUM, PROJ_OUT_DIM  # pylint: disable=g-import-not-at-top,unused-import
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:

@@ -95,8 +95,7 @@ def worker(a) -> dict:
   row['peak_bytes'] = mem.get('peak_bytes_in_use')
   if a.loss_only:  # The NT-Xent alone (forward + backward) on 2N random projections.
     z = jax.random.normal(jax.random.PRNGKey(0), (b, 2, 128))
-    z = jax.device_put(z, sharding.batch_sharding(mesh) if hasattr(sharding, 'batch_sharding')
-                       else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data')))
+    z = jax.device_put(z, sharding.batch_sharded(mesh))
     loss = jax.jit(jax.grad(lambda z: losses.nt_xent(z[:, 0], z[:, 1], 0.5, True,
                                                      mesh=mesh)[0]))
     jax.block_until_ready(loss(z))

@@ -82,7 +82,6 @@ def _conv_fwd(x, w, strides, padding):
 def _conv_bwd(strides, padding, residuals, dy):
   x, w = residuals
   kh, kw, c, o = w.shape
-  n, h, wd, _ = x.shape
   _, ho, wo, _ = dy.shape
   dy2 = dy.reshape(-1, o)
   small = _small(x.shape, w.shape)
@@ -93,7 +92,7 @@ def _conv_bwd(strides, padding, residuals, dy):
                     for i in range(kh)]).astype(w.dtype)
   else:  # Narrow 3x3 layers: XLA's own weight gradient measured faster (products too skinny).
     dw = jax.vjp(lambda w_: _xla_conv(x, w_, strides, padding), w)[1](dy)[0]
-  if kh == kw == 1 or strides != (1, 1) or _small(x.shape, w.shape):
+  if kh == kw == 1 or strides != (1, 1) or small:
     dx = _scatter_input_grad(dy2, w, x.shape, strides, padding, (ho, wo))
   else:
     dx = jax.vjp(lambda x_: _xla_conv(x_, w, strides, padding), x)[1](dy)[0]
