@@ -27,6 +27,7 @@ from simclr_jax import checkpointing
 from simclr_jax import progress
 from simclr_jax import sharding
 from simclr_jax import utilization
+from simclr_jax import xla_cpu
 
 
 @dataclasses.dataclass
@@ -155,6 +156,8 @@ def _measure_utilization(report: progress.Reporter, step_fn, state, batch, mesh)
   pk = utilization.peak(devices)
   report.set_utilization(flops, pk.flops_per_second if pk else None)
   progress.say(utilization.describe(flops, pk, devices[0].device_kind))
+  if devices[0].platform == 'cpu':
+    progress.say(f'XLA:CPU convolutions: {xla_cpu.STATUS}.')
 
 
 class _Profile:
