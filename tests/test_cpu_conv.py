@@ -41,10 +41,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize('wide', [cpu_conv.WIDE, 1])  # 1: every weight gradient as products.
 @pytest.mark.parametrize('n,h,w,c,o,k,s,pad', CASES)
-def test_values_and_gradients_equal_xla(n, h, w, c, o, k, s, pad, wide, monkeypatch):
-  monkeypatch.setattr(cpu_conv, 'WIDE', wide)
+def test_values_and_gradients_equal_xla(n, h, w, c, o, k, s, pad):
   x, kern = _case(0, n, h, w, c, o, k)
 
   def ref(x, kern):
@@ -65,10 +63,12 @@ def test_values_and_gradients_equal_xla(n, h, w, c, o, k, s, pad, wide, monkeypa
   assert _rel(dw, dw_ref) < 1e-5
 
 
-def test_weight_gradient_matches_numpy_loops(monkeypatch):
+@pytest.mark.parametrize('n,h,w,c,o,k,s,pad', [
+    (2, 7, 6, 3, 4, 1, 2, ((0, 0), (0, 0))),  # 1x1 strided: products
+    (2, 2, 2, 3, 4, 3, 1, ((1, 1), (1, 1))),  # map smaller than the kernel: products
+])
+def test_weight_gradient_matches_numpy_loops(n, h, w, c, o, k, s, pad):
   """An independent reference: dW[i,j,c,o] = sum_{n,h,w} xpad[n, h*s+i, w*s+j, c] dy[n,h,w,o]."""
-  monkeypatch.setattr(cpu_conv, 'WIDE', 1)
-  n, h, w, c, o, k, s, pad = 2, 7, 6, 3, 4, 3, 2, ((1, 1), (1, 1))
   x, kern = _case(2, n, h, w, c, o, k)
   y, vjp = jax.vjp(lambda kk: cpu_conv.conv(x, kk, (s, s), pad), kern)
   dy = np.random.RandomState(3).randn(*y.shape)
@@ -122,8 +122,7 @@ def test_model_gradients_equal_with_either_impl(depth=18, sk=0.0, size=36):
 
 def test_auto_picks_matmul_only_for_cpu_runs():
   config = default.get_config()
-  assert models.resolve_conv_impl(config) == 'xla'  # The default: opt in (README, Performance).
-  config.model.conv_impl = 'auto'
+  assert config.model.conv_impl == 'auto'  # The default.
   assert jax.default_backend() == 'cpu'
   assert models.resolve_conv_impl(config) == 'matmul_grad'
   config.hardware.chip = 'v3'  # A compile-only plan for TPUs keeps the accelerator program.

@@ -1,19 +1,21 @@
-"""A 2-D convolution for XLA:CPU whose gradients are matrix products.
+"""A 2-D convolution for XLA:CPU whose awkward parts are matrix products.
 
 Same function and derivatives as `lax.conv_general_dilated` (NHWC input, HWIO kernel, explicit
-padding, no dilation, one group); only how the backward pass is computed differs. Why: XLA
-expresses a convolution's weight gradient as another convolution whose window is the whole
-feature map (e.g. 32x32) over a transposed copy of the activations. On XLA:CPU that convolution
-and the transposes feeding it took 60% of a ResNet-18 training step (profiled, README
-"Performance"); a 1x1 shortcut's weight gradient alone took longer than all of its block's
-3x3 convolutions. Here the weight gradient is one matrix product per kernel tap (dy^T @ shifted
-input), and strided or 1x1 input gradients are matrix products scattered back with an interior
-pad; a k x k weight gradient is so computed from 128 input channels on (narrower, XLA's was
-faster). The forward pass and stride-1 3x3 input gradients stay XLA convolutions (faster here),
-except on feature maps smaller than the kernel (2x2 maps under a 3x3 kernel): there XLA swaps
-the roles of input and kernel and the result runs in its naive loop
-emitter, about 1 s per convolution for a ResNet-18's last stage at 16 px, so those are matrix
-products too.
+padding, no dilation, one group); only how some parts are computed differs. Why: with XLA's
+multi-threaded Eigen convolutions (xla_cpu.py) most convolutions and their gradients are fastest
+left to XLA, but three kinds were measured far slower than the same arithmetic as matrix products
+(2 cores, per layer, `bench/train_step.py` shapes; README "Performance"):
+- 1x1 convolutions' weight gradients (e.g. 31.5 -> 12.6 ms for ResNet-18's strided shortcut,
+  35.7 -> 7.8 ms for a ResNet-50 bottleneck's 256 -> 128) and input gradients (26 -> 16 ms);
+- strided convolutions' input gradients, which XLA computes over an input-dilated map (a
+  ResNet-18 stride-2 3x3: 96 -> 48 ms; a ResNet-50 4x4 -> 2x2 one: 383 -> 7 ms);
+- feature maps smaller than the kernel (2x2 under 3x3, a ResNet-50's last stage at 64 px),
+  where XLA swaps input and kernel and runs its naive loop emitter: 364 -> 6 ms forward,
+  379 -> 5 ms input gradient.
+Here a weight gradient is one matrix product per kernel tap (dy^T @ shifted input), and an input
+gradient is per tap dy @ w^T scattered back with an interior pad. Everything else (forward
+passes, stride-1 3x3 gradients) stays XLA's. Whole steps, 1 device: ResNet-50 64 px 3.7-4.1 ->
+1.2-1.4 s, ResNet-50 224 px 5.0 -> 3.9 s, ResNet-18 32 px unchanged (2.7-3.0 s).
 
 Used only when the model runs on the CPU backend (`model.conv_impl`, 'auto'): on TPU/GPU the
 compilers' own convolution gradients are what those chips are built for.
@@ -27,10 +29,6 @@ from jax import lax
 import jax.numpy as jnp
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
-# Input channels from which a k x k (k > 1) weight gradient is computed as matrix products: at 16
-# channels the products are too skinny and XLA's convolution was 4x faster; from 128 on, they won
-# (bench/README). 1x1 convolutions and small maps always use products.
-WIDE = 128
 
 
 def _xla_conv(x, w, strides, padding):
@@ -85,12 +83,12 @@ def _conv_bwd(strides, padding, residuals, dy):
   _, ho, wo, _ = dy.shape
   dy2 = dy.reshape(-1, o)
   small = _small(x.shape, w.shape)
-  if kh == kw == 1 or c >= WIDE or small:
+  if kh == kw == 1 or small:  # k x k weight gradients: XLA's measured 1.2-2.4x faster.
     taps = _taps(x, (kh, kw), strides, padding, (ho, wo))
     # dW[i, j] = sum over (n, h, w) of x_tap(i, j)^T dy: a (C x NHW) @ (NHW x O) product per tap.
     dw = jnp.stack([jnp.stack([(dy2.T @ taps[i][j].reshape(-1, c)).T for j in range(kw)])
                     for i in range(kh)]).astype(w.dtype)
-  else:  # Narrow 3x3 layers: XLA's own weight gradient measured faster (products too skinny).
+  else:
     dw = jax.vjp(lambda w_: _xla_conv(x, w_, strides, padding), w)[1](dy)[0]
   if kh == kw == 1 or strides != (1, 1) or small:
     dx = _scatter_input_grad(dy2, w, x.shape, strides, padding, (ho, wo))
