@@ -1,12 +1,14 @@
 """Training-step throughput of simclr_jax, side by side with PyTorch and TF2 references.
 
-    python bench/train_step.py                       # every section (~15 min on 2 CPU cores)
+    python bench/train_step.py                       # every section once
+    python bench/train_step.py --rounds 2            # alternated sections twice (17 min, 2 cores)
     python bench/train_step.py --sections=models,reference --repeats=5
     python bench/train_step.py --sections=models --models=r50_224 --dtypes=bfloat16 \
         --batch=256 --devices=1                      # one row (used by bench/gpu.sh)
 
 Sections (each row runs in its own subprocess: XLA_FLAGS must be set before JAX starts):
   models     ResNet-18 32 px (CIFAR stem), ResNet-50 64 px and 224 px, float32 and bfloat16
+  xla_cpu    simclr_jax/xla_cpu.py's flag (YNNPACK off for convolutions) against JAX's default
   impl       model.conv_impl 'xla' against 'matmul_grad' (the CPU convolution gradient)
   batch      step time as the global batch grows (network O(N), NT-Xent O(N^2 d)), with the
              loss's own time measured apart
@@ -109,8 +111,8 @@ def worker(a) -> dict:
 
 
 def _run_ours(args, *, depth, size, batch, dtype='float32', devices=1, conv_impl=None,
-              loss_only=False) -> dict:
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+              loss_only=False, env_extra=None) -> dict:
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **(env_extra or {}))
   if args.platform == 'cpu':
     env.update(JAX_PLATFORMS='cpu',
                XLA_FLAGS=(env.get('XLA_FLAGS', '') +
@@ -159,7 +161,7 @@ HEADER = ('| row | compile s | step s (median) | spread (min-max) | images/s | M
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--sections', default='models,impl,batch,devices,reference')
+  p.add_argument('--sections', default='models,xla_cpu,impl,batch,devices,reference')
   p.add_argument('--models', default='r18_32,r50_64,r50_224')
   p.add_argument('--dtypes', default='float32,bfloat16')
   p.add_argument('--repeats', type=int, default=3, help='timed steps per row (after 1 warm-up)')
@@ -202,15 +204,34 @@ def main():
         print(_fmt(f'ResNet-{depth} {size} px B{batch} {dtype} ({args.devices} dev)', r, base),
               flush=True)
 
+  if 'xla_cpu' in sections:
+    print('\n### XLA:CPU convolutions: YNNPACK (JAX default, one thread) against Eigen (the flag '
+          'simclr_jax sets), 1 device, conv_impl auto (ratio vs YNNPACK)\n' + HEADER)
+    for name in ('r18_32', 'r50_64'):
+      depth, size, batch = MODELS[name]
+      for rep in range(args.rounds):
+        base = None
+        for label, opt in (('YNNPACK', '0'), ('Eigen', '1')):
+          r = _run_ours(args, depth=depth, size=size, batch=batch,
+                        env_extra={'SIMCLR_JAX_XLA_CPU_FLAGS': opt})
+          rows[f'xla_cpu/{name}/{label}/{rep}'] = r
+          base = base or r.get('images_per_s')
+          print(_fmt(f'ResNet-{depth} {size} px B{batch}: {label} (run {rep + 1})', r, base),
+                flush=True)
+
   if 'impl' in sections:
-    print('\n### model.conv_impl on XLA:CPU: ResNet-18 32 px B64 float32, 1 device\n' + HEADER)
-    base = None
-    for rep in range(args.rounds):  # Alternate: the machine's noise can exceed the effect.
-      for impl in ('xla', 'matmul_grad'):
-        r = _run_ours(args, depth=18, size=32, batch=64, conv_impl=impl)
-        rows[f'impl/{impl}/{rep}'] = r
-        base = base or r.get('images_per_s')
-        print(_fmt(f'{impl} (run {rep + 1})', r, base), flush=True)
+    print('\n### model.conv_impl on XLA:CPU: float32, 1 device (ratio vs xla in the same round)\n'
+          + HEADER)
+    for name in ('r18_32', 'r50_64'):
+      depth, size, batch = MODELS[name]
+      for rep in range(args.rounds):  # Alternate: the machine's noise can exceed the effect.
+        base = None
+        for impl in ('xla', 'matmul_grad'):
+          r = _run_ours(args, depth=depth, size=size, batch=batch, conv_impl=impl)
+          rows[f'impl/{name}/{impl}/{rep}'] = r
+          base = base or r.get('images_per_s')
+          print(_fmt(f'ResNet-{depth} {size} px B{batch}: {impl} (run {rep + 1})', r, base),
+                flush=True)
 
   if 'batch' in sections:
     print('\n### Global batch: ResNet-18 32 px float32, 1 device (ratio: images/s vs B16)\n'
