@@ -57,16 +57,18 @@ def test_decide_respects_user_opt_out_version_and_timing():
   assert not apply and 'already running' in why
 
 
-def test_configure_appends_once_and_keeps_other_flags():
+def test_configure_appends_once_and_keeps_other_flags(monkeypatch):
+  monkeypatch.setattr(xla_cpu, '_jaxlib_version', lambda: KNOWN)
+  monkeypatch.setattr(xla_cpu, '_backends_running', lambda: False)
+  monkeypatch.setattr(xla_cpu, 'STATUS', xla_cpu.STATUS)  # Restored after the test.
   env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
-  if xla_cpu._jaxlib_version() not in xla_cpu.KNOWN_JAXLIB:  # pylint: disable=protected-access
-    pytest.skip('installed jaxlib is not one known to have the flag')
-  if xla_cpu._backends_running():  # pylint: disable=protected-access
-    pytest.skip('this test process already started JAX')
-  xla_cpu.configure(env)
-  xla_cpu.configure(env)
+  assert xla_cpu.configure(env).startswith('Eigen')
+  assert 'left as set' in xla_cpu.configure(env)  # A second call sees its own flag.
   assert env['XLA_FLAGS'].split() == ['--xla_force_host_platform_device_count=2',
                                       f'{xla_cpu.FLAG}={xla_cpu.VALUE}']
+  monkeypatch.setattr(xla_cpu, '_backends_running', lambda: True)
+  env = {}
+  assert 'already running' in xla_cpu.configure(env) and 'XLA_FLAGS' not in env
 
 
 @pytest.mark.skipif(xla_cpu._jaxlib_version() not in xla_cpu.KNOWN_JAXLIB,  # pylint: disable=protected-access
