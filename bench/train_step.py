@@ -155,6 +155,21 @@ def _fmt(label, r, base=None):
           f'{mfu} | {ratio} |')
 
 
+def _alternate(args, rows, section, variants, models=('r18_32', 'r50_64')):
+  """Per model, `args.rounds` rounds of every (label, _run_ours kwargs) variant in turn (the
+  machine's noise can exceed the effect); ratios against the round's first variant."""
+  for name in models:
+    depth, size, batch = MODELS[name]
+    for rep in range(args.rounds):
+      base = None
+      for label, kwargs in variants:
+        r = _run_ours(args, depth=depth, size=size, batch=batch, **kwargs)
+        rows[f'{section}/{name}/{label}/{rep}'] = r
+        base = base or r.get('images_per_s')
+        print(_fmt(f'ResNet-{depth} {size} px B{batch}: {label} (run {rep + 1})', r, base),
+              flush=True)
+
+
 HEADER = ('| row | compile s | step s (median) | spread (min-max) | images/s | MFU | ratio |\n'
           '|---|---|---|---|---|---|---|')
 
@@ -207,31 +222,14 @@ def main():
   if 'xla_cpu' in sections:
     print('\n### XLA:CPU convolutions: YNNPACK (JAX default, one thread) against Eigen (the flag '
           'simclr_jax sets), 1 device, conv_impl auto (ratio vs YNNPACK)\n' + HEADER)
-    for name in ('r18_32', 'r50_64'):
-      depth, size, batch = MODELS[name]
-      for rep in range(args.rounds):
-        base = None
-        for label, opt in (('YNNPACK', '0'), ('Eigen', '1')):
-          r = _run_ours(args, depth=depth, size=size, batch=batch,
-                        env_extra={'SIMCLR_JAX_XLA_CPU_FLAGS': opt})
-          rows[f'xla_cpu/{name}/{label}/{rep}'] = r
-          base = base or r.get('images_per_s')
-          print(_fmt(f'ResNet-{depth} {size} px B{batch}: {label} (run {rep + 1})', r, base),
-                flush=True)
+    _alternate(args, rows, 'xla_cpu', [
+        ('YNNPACK', {'env_extra': {'SIMCLR_JAX_XLA_CPU_FLAGS': '0'}}),
+        ('Eigen', {'env_extra': {'SIMCLR_JAX_XLA_CPU_FLAGS': '1'}})])
 
   if 'impl' in sections:
     print('\n### model.conv_impl on XLA:CPU: float32, 1 device (ratio vs xla in the same round)\n'
           + HEADER)
-    for name in ('r18_32', 'r50_64'):
-      depth, size, batch = MODELS[name]
-      for rep in range(args.rounds):  # Alternate: the machine's noise can exceed the effect.
-        base = None
-        for impl in ('xla', 'matmul_grad'):
-          r = _run_ours(args, depth=depth, size=size, batch=batch, conv_impl=impl)
-          rows[f'impl/{name}/{impl}/{rep}'] = r
-          base = base or r.get('images_per_s')
-          print(_fmt(f'ResNet-{depth} {size} px B{batch}: {impl} (run {rep + 1})', r, base),
-                flush=True)
+    _alternate(args, rows, 'impl', [(impl, {'conv_impl': impl}) for impl in ('xla', 'matmul_grad')])
 
   if 'batch' in sections:
     print('\n### Global batch: ResNet-18 32 px float32, 1 device (ratio: images/s vs B16)\n'
