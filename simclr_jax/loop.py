@@ -129,6 +129,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mngr, state: Any, st
           mngr.close()
           raise Preempted(done, str(mngr.directory))
         if eval_every and done % eval_every == 0 and done != total:
+          jax.block_until_ready(state)  # Queued training steps count as training, not eval.
           t_eval = time.time()
           eval_fn(state, done)
           report.exclude(time.time() - t_eval)

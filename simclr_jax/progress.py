@@ -2,7 +2,9 @@
 
 Per-step metrics stay on device until a report is due (every `every_seconds`, the first and the
 last step), so logging never stalls the dispatch queue; then they are fetched, averaged, written
-as TensorBoard scalars and printed as one line with rate and ETA.
+as TensorBoard scalars and printed as one line with rate and ETA. The rate is measured between
+two such fetches, i.e. between points where every dispatched step has finished, so it is the
+device's throughput however far the host's dispatch ran ahead.
 
 The loss is checked for NaN/inf on a fixed STEP cadence (`check_every` steps, and whenever the
 loop asks, e.g. before a checkpoint), never on a host's wall-clock timer: the metrics are
@@ -92,6 +94,11 @@ class Reporter:
     if not (done == self.total or first or now - self.t_last >= self.every_seconds):
       return
     self._fetch()  # A host-local decision: it may print, never stop (see check_finite).
+    # Steps run asynchronously: dispatch returns at once and the fetch above waited for every
+    # step up to `done`. Read the clock after that wait, so that each interval holds exactly
+    # the steps finished in it (read before it, the wait landed in the next interval: bursts
+    # of 'fast' intervals followed by 'stalled' ones whenever the host ran ahead).
+    now = time.time()
     fetched = [m for _, m in self.unreported]
     self.unreported = []
     last = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}

@@ -50,7 +50,8 @@ def test_format_eta():
 def test_rate_per_device_and_mfu_from_flops_and_peak(capsys, monkeypatch):
   """MFU = step FLOPs x steps per second / peak: 3 steps of 8 images in 2 s at 1 GFLOP per step
   against a 3 GFLOP/s peak is 1.5 steps/s x 1e9 / 3e9 = 50%; 12 img/s over 4 devices is 3."""
-  clock = iter([0.0, 10.0, 11.0, 11.5, 12.0])  # init, then one read per step.
+  # init, one read per step, and one more after each report's fetch.
+  clock = iter([0.0, 10.0, 10.0, 11.0, 11.5, 12.0, 12.0])
   monkeypatch.setattr(progress.time, 'time', lambda: next(clock))
   w = _Writer()
   r = progress.Reporter(w, total=4, start=0, batch_size=8, every_seconds=1e9, loss_key='loss',
@@ -74,3 +75,38 @@ def test_no_mfu_without_a_flop_count_or_a_peak(capsys):
   r.step_done(0, _metrics(1.0, 0.1))
   assert 'train/mfu' not in w.rows[0][1]
   assert 'MFU' not in capsys.readouterr().out
+
+
+def test_rate_counts_the_wait_for_steps_the_host_ran_ahead_of():
+  """Dispatch is asynchronous: the host dispatches a step in 0.2 s and moves on while the device
+  takes 1 s per step, so the host runs ahead and waits only when a report fetches the metrics.
+  Every report after the first must give the device's rate: the images of the steps finished
+  since the previous report over the time between the two finishes (about 8 images / 1 s, a
+  little less for the 0.2 s bubble after each wait), not a burst of host dispatch rate followed
+  by a stall. Simulated: a clock, and metrics that carry the time their
+  step finishes on the device; fetching them waits until then."""
+  now = [0.0]
+  orig_time, orig_get = progress.time.time, progress.jax.device_get
+
+  def device_get(ms):
+    now[0] = max([now[0]] + [float(m['finish']) for m in ms])
+    return ms
+
+  w = _Writer()
+  progress.time.time, progress.jax.device_get = (lambda: now[0]), device_get
+  try:
+    r = progress.Reporter(w, total=40, start=0, batch_size=8, every_seconds=3.0,
+                          loss_key='loss', describe=lambda m: 'x', check_every=1000)
+    device_free, finish = 0.0, {}
+    for step in range(40):
+      now[0] += 0.2  # Host: load and dispatch.
+      device_free = finish[step + 1] = max(device_free, now[0]) + 1.0
+      r.step_done(step, {'loss': np.float32(1.0), 'finish': device_free})
+  finally:
+    progress.time.time, progress.jax.device_get = orig_time, orig_get
+  done = [d for d, _ in w.rows]
+  rates = [s['train/images_per_sec'] for _, s in w.rows[1:]]
+  expected = [(b - a) * 8 / (finish[b] - finish[a]) for a, b in zip(done, done[1:])]
+  assert len(rates) >= 3
+  assert rates == pytest.approx(expected)
+  assert min(rates) > 7.5 and max(rates) <= 8.0
