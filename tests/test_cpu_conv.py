@@ -1,5 +1,7 @@
 """models/cpu_conv.py: the matrix-product backward pass computes the same derivatives as XLA's."""
 
+import re
+
 import jax
 from jax import lax
 import jax.numpy as jnp
@@ -135,3 +137,54 @@ def test_auto_picks_matmul_only_for_cpu_runs():
   config.model.conv_impl = 'fast'
   with pytest.raises(ValueError, match="conv_impl='fast'"):
     models.resolve_conv_impl(config)
+
+
+def test_materialize_is_the_identity_in_value_and_gradient():
+  """x / 1 and g / 1 are exact, so `materialize` changes nothing but where XLA keeps x (signs,
+  zeros of either sign, huge values included; no subnormals, which XLA:CPU flushes in every op)."""
+  rng = np.random.RandomState(0)
+  x = np.concatenate([rng.randn(1000) * 10.0 ** rng.randint(-30, 30, 1000),
+                      [0.0, -0.0, 3.4e38, -3.4e38, 1.2e-38]]).astype(np.float32)
+  g = rng.randn(x.size).astype(np.float32)
+  anchor = jnp.asarray([0.37, -2.0], jnp.float32)
+  y, vjp = jax.vjp(lambda v: cpu_conv.materialize(v, anchor), jnp.asarray(x))
+  (gx,) = vjp(jnp.asarray(g))
+  np.testing.assert_array_equal(np.asarray(y).view(np.uint32), x.view(np.uint32))
+  np.testing.assert_array_equal(np.asarray(gx).view(np.uint32), g.view(np.uint32))
+  assert jax.grad(lambda a: jnp.sum(cpu_conv.materialize(jnp.asarray(x), a)))(anchor).tolist() == [0, 0]
+
+
+def _transpose_operands_into_convolutions(conv_impl):
+  """Operand counts of the fusions that lay out a convolution's input in the compiled gradient of
+  a ResNet-18 (the weight gradients' NHWC -> CHWN transposes)."""
+  x = jnp.asarray(np.random.RandomState(1).rand(8, 32, 32, 3).astype(np.float32))
+  enc = models.build_encoder(18, 0.5, 0.0, cifar_stem=True, conv_impl=conv_impl)
+  variables = enc.init(jax.random.PRNGKey(0), x, train=False)
+
+  def loss(params):
+    f, _ = enc.apply({'params': params, 'batch_stats': variables['batch_stats']}, x, train=True,
+                     mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(f))
+  hlo = jax.jit(jax.grad(loss)).lower(variables['params']).compile().as_text()
+  entry = hlo[hlo.index('\nENTRY'):]
+  defs = {name: (shape, args) for name, shape, args in
+          re.findall(r'\n\s*(?:ROOT )?%(\S+) = f32\[([\d,]+)\]\S* fusion\(([^)]*)\)', entry)}
+  counts = []
+  for args in re.findall(r'= \S+ convolution\(([^)]*)\)', entry):
+    for name in re.findall(r'%([\w.\-]+)', args):
+      shape, operands = defs.get(name, ('', ''))
+      if name.startswith('transpose') and shape.endswith(f',{x.shape[0]}'):  # [C, H, W, N]
+        counts.append(operands.count('%'))
+  return counts
+
+
+def test_block_outputs_are_not_recomputed_inside_weight_gradient_transposes(monkeypatch):
+  """The point of `materialize`, read from XLA's compiled program: with it, no transpose feeding
+  a weight gradient re-computes more than one BN + ReLU (5 operands: the convolution output,
+  its statistics, scale and offset); without it (materialize replaced by the identity), some
+  re-compute whole residual blocks (10-15 operands), so this test can fail."""
+  with_it = _transpose_operands_into_convolutions('matmul_grad')
+  monkeypatch.setattr(cpu_conv, 'materialize', lambda x, anchor: x)
+  without = _transpose_operands_into_convolutions('matmul_grad')
+  assert with_it and max(with_it) <= 5, with_it
+  assert max(without) > 5, without
