@@ -77,33 +77,30 @@ def test_no_mfu_without_a_flop_count_or_a_peak(capsys):
   assert 'MFU' not in capsys.readouterr().out
 
 
-def test_rate_counts_the_wait_for_steps_the_host_ran_ahead_of():
+def test_rate_counts_the_wait_for_steps_the_host_ran_ahead_of(monkeypatch):
   """Dispatch is asynchronous: the host dispatches a step in 0.2 s and moves on while the device
   takes 1 s per step, so the host runs ahead and waits only when a report fetches the metrics.
   Every report after the first must give the device's rate: the images of the steps finished
   since the previous report over the time between the two finishes (about 8 images / 1 s, a
   little less for the 0.2 s bubble after each wait), not a burst of host dispatch rate followed
-  by a stall. Simulated: a clock, and metrics that carry the time their
-  step finishes on the device; fetching them waits until then."""
+  by a stall. Simulated: a clock, and metrics that carry the time their step finishes on the
+  device; fetching them waits until then."""
   now = [0.0]
-  orig_time, orig_get = progress.time.time, progress.jax.device_get
 
   def device_get(ms):
     now[0] = max([now[0]] + [float(m['finish']) for m in ms])
     return ms
 
+  monkeypatch.setattr(progress.time, 'time', lambda: now[0])
+  monkeypatch.setattr(progress.jax, 'device_get', device_get)
   w = _Writer()
-  progress.time.time, progress.jax.device_get = (lambda: now[0]), device_get
-  try:
-    r = progress.Reporter(w, total=40, start=0, batch_size=8, every_seconds=3.0,
-                          loss_key='loss', describe=lambda m: 'x', check_every=1000)
-    device_free, finish = 0.0, {}
-    for step in range(40):
-      now[0] += 0.2  # Host: load and dispatch.
-      device_free = finish[step + 1] = max(device_free, now[0]) + 1.0
-      r.step_done(step, {'loss': np.float32(1.0), 'finish': device_free})
-  finally:
-    progress.time.time, progress.jax.device_get = orig_time, orig_get
+  r = progress.Reporter(w, total=40, start=0, batch_size=8, every_seconds=3.0, loss_key='loss',
+                        describe=lambda m: 'x', check_every=1000)
+  device_free, finish = 0.0, {}
+  for step in range(40):
+    now[0] += 0.2  # Host: load and dispatch.
+    device_free = finish[step + 1] = max(device_free, now[0]) + 1.0
+    r.step_done(step, {'loss': np.float32(1.0), 'finish': device_free})
   done = [d for d, _ in w.rows]
   rates = [s['train/images_per_sec'] for _, s in w.rows[1:]]
   expected = [(b - a) * 8 / (finish[b] - finish[a]) for a, b in zip(done, done[1:])]

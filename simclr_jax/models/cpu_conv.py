@@ -153,15 +153,16 @@ def materialize(x, anchor):
   """x itself, computed once into a buffer of its own that every consumer reads.
 
   Why: XLA:CPU fuses a cheap element-wise producer into each of its consumers. A residual
-  block's output (BN, addition, ReLU, and through an identity shortcut the previous block's
-  as well: up to three BNs) was re-computed inside the weight gradients' NHWC -> CHWN transposes, element by element
-  in a cache-hostile order: 88-105 ms for the 33 MB input of ResNet-18's first stride-2 block
-  at 32 px, 28 ms once it is a buffer; whole step 1.07-1.4x in six alternated pairs. XLA does
-  not duplicate a division into several consumers, and x / 1 is exact, as is the gradient's
-  g / 1. `one` must not be a constant (XLA drops x / 1) and must be a scalar (XLA turns a
-  division by a per-channel vector into a product with its reciprocal, which it duplicates):
-  it is anchor[0] * 0 + 1, which XLA does not fold for floats, under stop_gradient. A
-  custom_vjp with an identity backward did not work: XLA then fused the division back in.
+  block's output (BN, addition, ReLU, and through an identity shortcut the previous block's as
+  well: up to three BNs) was re-computed inside the weight gradients' NHWC -> CHWN transposes,
+  element by element in a cache-hostile order: 88-105 ms for the 33 MB input of ResNet-18's
+  first stride-2 block at 32 px, 28 ms once it is a buffer; whole step 1.07-1.4x in six
+  alternated pairs. XLA does not duplicate a division into several consumers, and x / 1 is
+  exact, as is the gradient's g / 1. `one` must not be a constant (XLA drops x / 1) and must be
+  a scalar (XLA turns a division by a per-channel vector into a product with its reciprocal,
+  which it duplicates): it is anchor[0] * 0 + 1, which XLA does not fold for floats, under
+  stop_gradient. A custom_vjp with an identity backward did not work: XLA then fused the
+  division back in.
   """
   one = lax.stop_gradient(anchor.ravel()[0]).astype(x.dtype) * 0 + 1
   return x / one

@@ -175,7 +175,7 @@ class ResidualBlock(nn.Module):
       y = conv(self.filters, 3, 1, name='conv2')(y)
       y = self.bn(relu=False, init_zero=True, name='bn2')(y, train)
     out = nn.relu(y + shortcut)
-    if self.conv_impl == 'matmul_grad':  # CPU only: the output computed once (cpu_conv.materialize).
+    if self.conv_impl == 'matmul_grad':  # CPU only: the output computed once, see materialize.
       params = self.variables['params']
       out = cpu_conv.materialize(out, params['bn3' if self.bottleneck else 'bn2']['bn']['scale'])
     return out
