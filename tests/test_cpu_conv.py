@@ -189,3 +189,53 @@ def test_block_outputs_are_not_recomputed_inside_weight_gradient_transposes(monk
   without = _transpose_operands_into_convolutions()
   assert with_it and max(with_it) <= 5, with_it
   assert max(without) > 5, without
+
+
+def _numpy_max_pool_grad(x, dy, k, s, pads):
+  """TensorFlow's MaxPoolGrad by loops: each window's dy goes to its first (row-major) maximum."""
+  (tl, _), (ll, _) = pads
+  xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-np.inf)
+  dxp = np.zeros_like(xp)
+  n, ho, wo, c = dy.shape
+  for b in range(n):
+    for i in range(ho):
+      for j in range(wo):
+        for ch in range(c):
+          win = xp[b, i * s:i * s + k, j * s:j * s + k, ch]
+          r, q = np.unravel_index(np.argmax(win), win.shape)  # argmax: the first maximum.
+          dxp[b, i * s + r, j * s + q, ch] += dy[b, i, j, ch]
+  return dxp[:, tl:tl + x.shape[1], ll:ll + x.shape[2]]
+
+
+@pytest.mark.parametrize('shape', [(2, 9, 10, 3), (1, 8, 8, 2), (2, 5, 4, 1)])
+def test_max_pool_gradient_routes_to_the_first_maximum(shape):
+  """Ties are the normal case after a ReLU (windows of zeros); the gradient must go where
+  TensorFlow's MaxPoolGrad and XLA's select_and_scatter send it: the window's first maximum."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(3)
+  x = np.maximum(np.round(rng.randn(*shape) * 2) / 2, 0).astype(np.float32)  # Many ties.
+  pads = tuple(tuple(int(v) for v in p)
+               for p in lax.padtype_to_pads(shape[1:3], (3, 3), (2, 2), 'SAME'))
+  ours = lambda x: cpu_conv.max_pool(x, (3, 3), (2, 2), pads)
+  flax_pool = lambda x: nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
+  y = jax.jit(ours)(jnp.asarray(x))
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(flax_pool(jnp.asarray(x))))
+  dy = rng.randn(*y.shape).astype(np.float32)
+  dx = np.asarray(jax.jit(lambda x, g: jax.vjp(ours, x)[1](g)[0])(jnp.asarray(x), dy))
+  want = _numpy_max_pool_grad(x, dy, 3, 2, pads)
+  np.testing.assert_array_equal(dx != 0, want != 0)
+  np.testing.assert_allclose(dx, want, rtol=1e-6, atol=1e-6)
+  via_xla = jax.vjp(flax_pool, jnp.asarray(x))[1](jnp.asarray(dy))[0]
+  np.testing.assert_allclose(dx, np.asarray(via_xla), rtol=1e-6, atol=1e-6)
+  dx16 = jax.vjp(ours, jnp.asarray(x, jnp.bfloat16))[1](jnp.asarray(dy, jnp.bfloat16))[0]
+  assert dx16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(dx16, np.float32), want, rtol=2e-2, atol=2e-2)
+
+
+def test_max_pool_gradient_is_not_a_scatter():
+  """The reason for cpu_conv.max_pool: no select_and_scatter (a scatter on XLA:CPU) remains."""
+  x = jnp.zeros((2, 16, 16, 4))
+  ours = lambda x: cpu_conv.max_pool(x, (3, 3), (2, 2), ((0, 1), (0, 1)))
+  hlo = jax.jit(lambda x: jax.grad(lambda x: jnp.sum(ours(x) ** 2))(x)).lower(x).compile()
+  text = hlo.as_text()
+  assert 'select-and-scatter' not in text and 'scatter(' not in text

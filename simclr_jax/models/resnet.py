@@ -217,7 +217,11 @@ class ResNet(nn.Module):
       else:
         x = conv(int(64 * w), 7, 2, name='stem_conv')(x)
         x = bn(name='stem_bn')(x, train_stem)
-      x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
+      if self.conv_impl == 'matmul_grad':  # CPU: a gradient without select_and_scatter.
+        pads = jax.lax.padtype_to_pads(x.shape[1:3], (3, 3), (2, 2), 'SAME')
+        x = cpu_conv.max_pool(x, (3, 3), (2, 2), tuple((int(a), int(b)) for a, b in pads))
+      else:
+        x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
     bottleneck = uses_bottleneck(self.depth)
     for g, (num_blocks, base) in enumerate(zip(BLOCKS_PER_GROUP[self.depth], (64, 128, 256, 512))):
       if k == g:  # Input of group g+1: nothing before it is trained.
