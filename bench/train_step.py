@@ -15,6 +15,7 @@ Sections (each row runs in its own subprocess: XLA_FLAGS must be set before JAX 
   devices    1, 2 and 4 emulated devices on the same global batch
   reference  the same network, loss and LARS in plain PyTorch (bench/pytorch_reference.py) and
              TF2 (bench/tf2_reference.py), timed in this run; ratios are ours / theirs
+             (ResNet-18 32 px B64; --reference_models=r18_32,r50_64 adds ResNet-50 64 px B32)
 The step is the real jitted `steps.train_step` (ResNet, 3-layer head, online probe, NT-Xent over
 the global batch, LARS) on a fixed synthetic uint8 batch: the input pipeline is excluded, and so
 is compilation (reported apart). Each timed step is blocked on, so the table gives the median
@@ -174,10 +175,31 @@ HEADER = ('| row | compile s | step s (median) | spread (min-max) | images/s | M
           '|---|---|---|---|---|---|---|')
 
 
+def _reference_round(args, rows, rep, *, depth, size, batch, key) -> None:
+  """One alternation: ours on 1 and 2 devices, PyTorch NCHW and channels_last, TF2."""
+  ours = {n: _run_ours(args, depth=depth, size=size, batch=batch, devices=n) for n in (1, 2)}
+  kw = dict(depth=depth, size=size, batch=batch)
+  theirs = {'PyTorch 2.13 (NCHW)': _run_reference(args, 'pytorch_reference.py', **kw),
+            'PyTorch 2.13 (channels_last)': _run_reference(args, 'pytorch_reference.py', **kw,
+                                                           extra=['--channels_last']),
+            'TF2 reference (tf.function)': _run_reference(args, 'tf2_reference.py', **kw)}
+  for n, r in ours.items():
+    rows[f'{key}/ours_{n}dev/{rep}'] = r
+    print(_fmt(f'simclr_jax, {n} emulated device(s) (run {rep + 1})', r), flush=True)
+  best = max(r.get('images_per_s', 0) for r in ours.values())
+  for label, r in theirs.items():
+    rows[f'{key}/{label}/{rep}'] = r
+    ratio = best / r['images_per_s'] if 'images_per_s' in r else None
+    line = _fmt(f'{label} (run {rep + 1})', r)
+    print(line if ratio is None else line.rsplit('| - |', 1)[0] + f'| {ratio:.2f} |', flush=True)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--sections', default='models,xla_cpu,impl,batch,devices,reference')
   p.add_argument('--models', default='r18_32,r50_64,r50_224')
+  p.add_argument('--reference_models', default='r18_32',
+                 help='models of the reference section (r18_32 is the issue\'s comparison)')
   p.add_argument('--dtypes', default='float32,bfloat16')
   p.add_argument('--repeats', type=int, default=3, help='timed steps per row (after 1 warm-up)')
   p.add_argument('--rounds', type=int, default=1,
@@ -257,26 +279,13 @@ def main():
       print(_fmt(f'{n} device(s)', r, base), flush=True)
 
   if 'reference' in sections:
-    print('\n### Side by side: ResNet-18 32 px B64 float32, LARS (ratio: ours / theirs, '
-          'images/s; alternated --rounds times)\n' + HEADER)
-    for rep in range(args.rounds):
-      ours = {n: _run_ours(args, depth=18, size=32, batch=64, devices=n) for n in (1, 2)}
-      torch_nchw = _run_reference(args, 'pytorch_reference.py', depth=18, size=32, batch=64)
-      torch_cl = _run_reference(args, 'pytorch_reference.py', depth=18, size=32, batch=64,
-                                extra=['--channels_last'])
-      tf2 = _run_reference(args, 'tf2_reference.py', depth=18, size=32, batch=64)
-      theirs = {'PyTorch 2.13 (NCHW)': torch_nchw, 'PyTorch 2.13 (channels_last)': torch_cl,
-                'TF2 reference (tf.function)': tf2}
-      for n, r in ours.items():
-        rows[f'reference/ours_{n}dev/{rep}'] = r
-        print(_fmt(f'simclr_jax, {n} emulated device(s) (run {rep + 1})', r), flush=True)
-      best = max(r.get('images_per_s', 0) for r in ours.values())
-      for label, r in theirs.items():
-        rows[f'reference/{label}/{rep}'] = r
-        ratio = best / r['images_per_s'] if 'images_per_s' in r else None
-        line = _fmt(f'{label} (run {rep + 1})', r)
-        print(line if ratio is None else line.rsplit('| - |', 1)[0] + f'| {ratio:.2f} |',
-              flush=True)
+    for name in args.reference_models.split(','):
+      depth, size, batch = MODELS[name]
+      print(f'\n### Side by side: ResNet-{depth} {size} px B{batch} float32, LARS (ratio: ours / '
+            'theirs, images/s; alternated --rounds times)\n' + HEADER)
+      for rep in range(args.rounds):
+        _reference_round(args, rows, rep, depth=depth, size=size, batch=batch,
+                         key='reference' if name == 'r18_32' else f'reference_{name}')
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(rows, f, indent=1)
