@@ -141,8 +141,9 @@ def lars(learning_rate: Callable[[jax.Array], jax.Array], weight_decay: float,
 
   Why: optax.lars chains four transformations, and its trust ratio takes every norm twice
   (`optax.safe_norm`: a norm, a full-size `where`, the norm again). On 2 CPU cores one update
-  took 128-138 ms for ResNet-50's 32M parameters (60 ms for ResNet-18's 12M), against 19 ms
-  (6 ms) for plain momentum SGD, i.e. about 10% of a ResNet-50 64 px step. The norms here are
+  took 131-138 ms for ResNet-50's 32M parameters (54-60 ms for ResNet-18's 12M) against 62 ms
+  (25 ms) this way and 16-19 ms (6 ms) for plain momentum SGD; 131 ms is about 10% of a
+  ResNet-50 64 px step. The norms here are
   the same sums of squares taken once; `safe_norm`'s second pass only changes gradients of the
   norm, which nothing takes. Tested against optax.lars itself (tests/test_optim.py).
   """

@@ -183,8 +183,8 @@ def max_pool(x, window: tuple[int, int], strides: tuple[int, int],
   """Max pooling (NHWC, explicit padding) whose gradient avoids select_and_scatter on CPU.
 
   Why: XLA:CPU runs the max pool's gradient (select_and_scatter) as a scatter. Pool forward +
-  backward, the 3x3/2 pool of a ResNet-50 at 64 px (64 views of 32x32x64): 90-97 ms with
-  XLA's gradient, 34-39 ms with this one; at 224 px (16 views of 112x112x64) 279-283 vs 94-136
+  backward, the 3x3/2 pool of a ResNet-50 at 64 px (64 views of 32x32x64): 90-100 ms with
+  XLA's gradient, 34-42 ms with this one; at 224 px (16 views of 112x112x64) 279-304 vs 94-136
   ms; ResNet-50 64 px B32 training step 1.03-1.18 s vs 1.21-1.33 s (four alternated pairs).
   Here the gradient is element-wise: each output's first window tap (row-major) that holds the
   maximum receives dy (where TensorFlow's MaxPoolGrad and select_and_scatter with `ge` send it),
