@@ -69,8 +69,8 @@ def flops(layer: Layer) -> float:
 
 
 def _out_hw(layer: Layer):
-  return tuple((layer.x_shape[1 + d] + sum(layer.padding[d]) - layer.w_shape[d])
-               // layer.strides[d] + 1 for d in range(2))
+  from simclr_jax.models import cpu_conv  # pylint: disable=g-import-not-at-top
+  return cpu_conv._out_hw(layer.x_shape, layer.w_shape, layer.strides, layer.padding)  # pylint: disable=protected-access
 
 
 def _median_ms(fn, repeats: int) -> float:

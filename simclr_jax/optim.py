@@ -143,9 +143,9 @@ def lars(learning_rate: Callable[[jax.Array], jax.Array], weight_decay: float,
   (`optax.safe_norm`: a norm, a full-size `where`, the norm again). On 2 CPU cores one update
   took 131-138 ms for ResNet-50's 32M parameters (54-60 ms for ResNet-18's 12M) against 62 ms
   (25 ms) this way and 16-19 ms (6 ms) for plain momentum SGD; 131 ms is about 10% of a
-  ResNet-50 64 px step. The norms here are
-  the same sums of squares taken once; `safe_norm`'s second pass only changes gradients of the
-  norm, which nothing takes. Tested against optax.lars itself (tests/test_optim.py).
+  ResNet-50 64 px step. The norms here are the same sums of squares taken once; `safe_norm`'s
+  second pass only changes gradients of the norm, which nothing takes. Tested against
+  optax.lars itself (tests/test_optim.py).
   """
   reference = optax.lars(learning_rate, weight_decay=weight_decay,
                          weight_decay_mask=adaptation_mask, trust_coefficient=trust_coefficient,
@@ -162,7 +162,7 @@ def lars(learning_rate: Callable[[jax.Array], jax.Array], weight_decay: float,
         u = g + weight_decay * p  # add_decayed_weights
         param_norm = jnp.sqrt(jnp.sum(p * p))  # scale_by_trust_ratio (eps = 0)
         update_norm = jnp.sqrt(jnp.sum(u * u))
-        ratio = trust_coefficient * param_norm / (update_norm + 0.0)
+        ratio = trust_coefficient * param_norm / update_norm  # (+ eps, which is 0)
         zero = jnp.logical_or(param_norm == 0.0, update_norm == 0.0)
         u = u * jnp.where(zero, jnp.array(1.0, dtype=p.dtype), ratio)
       u = jnp.array(step_size, dtype=u.dtype) * u

@@ -39,15 +39,26 @@ def _xla_conv(x, w, strides, padding):
   return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
 
 
-def _taps(x, k: tuple[int, int], strides, padding, out_hw):
+def _taps(x, k: tuple[int, int], strides, padding, out_hw, pad_value=0.0):
   """The input pixels each kernel tap (i, j) meets: k[0] x k[1] arrays shaped like the output
-  (N, Ho, Wo, C). Strided slices of the padded input; no patch matrix is built."""
+  (N, Ho, Wo, C). Strided slices of the input padded with `pad_value`; no patch matrix is built."""
   (tl, bh), (ll, rh) = padding
-  xp = jnp.pad(x, ((0, 0), (tl, bh), (ll, rh), (0, 0))) if tl or bh or ll or rh else x
+  xp = (jnp.pad(x, ((0, 0), (tl, bh), (ll, rh), (0, 0)), constant_values=pad_value)
+        if tl or bh or ll or rh else x)
   n, _, _, c = x.shape
   (sh, sw), (ho, wo) = strides, out_hw
   return [[lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
                      (1, sh, sw, 1)) for j in range(k[1])] for i in range(k[0])]
+
+
+def _place(piece, i: int, j: int, strides, padded_hw):
+  """piece [N, Ho, Wo, C] put back where tap (i, j) read it: rows i, i + sh, ... and columns
+  j, j + sw, ... of an otherwise zero [N, Hp, Wp, C] (an interior pad)."""
+  (sh, sw), (hp, wp) = strides, padded_hw
+  ho, wo = piece.shape[1:3]
+  return lax.pad(piece, jnp.zeros((), piece.dtype),
+                 ((0, 0, 0), (i, hp - i - ((ho - 1) * sh + 1), sh - 1),
+                  (j, wp - j - ((wo - 1) * sw + 1), sw - 1), (0, 0, 0)))
 
 
 def _small(x_shape, w_shape) -> bool:
@@ -104,18 +115,15 @@ def _conv_bwd(strides, padding, residuals, dy):
 def _scatter_input_grad(dy2, w, x_shape, strides, padding, out_hw):
   """dx for strided or 1x1 convolutions: per tap, dy @ w[i, j]^T lands on every s-th pixel of the
   padded input (an interior pad), and the taps are summed."""
-  kh, kw, c, o = w.shape
+  kh, kw, c, _ = w.shape
   n, h, wd, _ = x_shape
-  (sh, sw), (ho, wo) = strides, out_hw
+  ho, wo = out_hw
   (tl, bh), (ll, rh) = padding
-  hp, wp = h + tl + bh, wd + ll + rh
-  zero = jnp.zeros((), dy2.dtype)
   dxp = None
   for i in range(kh):
     for j in range(kw):
       piece = (dy2 @ w[i, j].T.astype(dy2.dtype)).reshape(n, ho, wo, c)
-      piece = lax.pad(piece, zero, ((0, 0, 0), (i, hp - i - ((ho - 1) * sh + 1), sh - 1),
-                                    (j, wp - j - ((wo - 1) * sw + 1), sw - 1), (0, 0, 0)))
+      piece = _place(piece, i, j, strides, (h + tl + bh, wd + ll + rh))
       dxp = piece if dxp is None else dxp + piece
   return dxp[:, tl:tl + h, ll:ll + wd, :]
 
@@ -169,14 +177,6 @@ def materialize(x, anchor):
   return x / one
 
 
-def _pool_taps(xp, window, strides, out_hw):
-  n, _, _, c = xp.shape
-  return [(i, j, lax.slice(xp, (0, i, j, 0),
-                           (n, i + (out_hw[0] - 1) * strides[0] + 1,
-                            j + (out_hw[1] - 1) * strides[1] + 1, c), (1,) + strides + (1,)))
-          for i in range(window[0]) for j in range(window[1])]
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def max_pool(x, window: tuple[int, int], strides: tuple[int, int],
              padding: tuple[tuple[int, int], tuple[int, int]]):
@@ -202,20 +202,16 @@ def _max_pool_fwd(x, window, strides, padding):
 def _max_pool_bwd(window, strides, padding, residuals, dy):
   x, y = residuals
   (tl, bh), (ll, rh) = padding
-  xp = jnp.pad(x, ((0, 0), (tl, bh), (ll, rh), (0, 0)), constant_values=-jnp.inf)
-  _, hp, wp, _ = xp.shape
-  out_hw = y.shape[1:3]
-  zero = jnp.zeros((), dy.dtype)
-  taps = _pool_taps(xp, window, strides, out_hw)
+  padded_hw = (x.shape[1] + tl + bh, x.shape[2] + ll + rh)
+  taps = [t for row in _taps(x, window, strides, padding, y.shape[1:3], -jnp.inf) for t in row]
   first = jnp.full(y.shape, len(taps), jnp.int32)  # The first tap (row-major) with the max.
   for t in reversed(range(len(taps))):
-    first = jnp.where(taps[t][2] == y, t, first)
+    first = jnp.where(taps[t] == y, t, first)
+  zero = jnp.zeros((), dy.dtype)
   dxp = None
-  for t, (i, j, _) in enumerate(taps):
-    piece = lax.pad(jnp.where(first == t, dy, zero), zero,
-                    ((0, 0, 0), (i, hp - i - ((out_hw[0] - 1) * strides[0] + 1), strides[0] - 1),
-                     (j, wp - j - ((out_hw[1] - 1) * strides[1] + 1), strides[1] - 1),
-                     (0, 0, 0)))
+  for t in range(len(taps)):
+    piece = _place(jnp.where(first == t, dy, zero), t // window[1], t % window[1], strides,
+                   padded_hw)
     dxp = piece if dxp is None else dxp + piece
   return (dxp[:, tl:tl + x.shape[1], ll:ll + x.shape[2], :].astype(x.dtype),)
 
