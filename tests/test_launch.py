@@ -2,15 +2,21 @@
 
 Nobody here has a TPU pod or a SLURM cluster, so these tests check the commands the scripts would
 run. gcloud, sbatch, srun, tar and mkdir are replaced on PATH by stubs that record any call: a
-dry run that executes anything fails. The remote command of `run` is also executed locally in a
-fake home directory, so its shell quoting is checked by a shell, not by reading it.
+dry run that executes anything fails. The remote commands of `run` and `stop` are also executed
+locally in a fake home directory, `stop` against a real stand-in process, so their shell quoting
+and process matching are checked by a shell, not by reading them.
+
+There is no bash older than 4.4 here, so bash 3.2/4.2 compatibility is checked statically (every
+array expansion guarded, no bash 4 features), plus quoting under BASH_COMPAT=32/42.
 """
 
 import os
 import pathlib
 import re
 import shlex
+import shutil
 import subprocess
+import textwrap
 import time
 
 import pytest
@@ -23,15 +29,22 @@ from simclr_jax import validation
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TPU_POD = ROOT / 'launch' / 'tpu_pod.sh'
 SLURM = ROOT / 'launch' / 'slurm.sh'
+COMMON = ROOT / 'launch' / 'common.sh'
+SCRIPTS = (TPU_POD, SLURM, COMMON)
 STUBBED = ('gcloud', 'sbatch', 'srun', 'tar', 'mkdir')
 # Settings the scripts read from the environment; the caller's values must not leak in.
 SETTINGS = ('TPU_NAME', 'ZONE', 'ACCELERATOR_TYPE', 'PROJECT', 'RUNTIME', 'DRY_RUN', 'NODES',
             'GPUS_PER_NODE', 'PROCESS_PER', 'CPUS_PER_TASK', 'PARTITION', 'ACCOUNT', 'TIME',
-            'LOG_DIR', 'PYTHON', 'REMOTE_PYTHON', 'JAX_LOCAL_DEVICE_IDS', 'SIMCLR_MULTIHOST')
+            'LOG_DIR', 'PYTHON', 'REMOTE_PYTHON', 'JAX_LOCAL_DEVICE_IDS', 'SIMCLR_MULTIHOST',
+            'STOP_TIMEOUT', 'BASH_COMPAT')
 V3_128 = {'TPU_NAME': 'simclr-128', 'ZONE': 'europe-west4-a', 'ACCELERATOR_TYPE': 'v3-128'}
 V3_32 = {'TPU_NAME': 'simclr-32', 'ZONE': 'us-central1-a', 'ACCELERATOR_TYPE': 'v3-32'}
 SLICES = [(V3_32, 'configs/tpu_v3_32.py'), (V3_128, 'configs/tpu_v3_128.py')]
 WORKDIR = 'gs://bkt/simclr/r50'
+TPU_SUBCOMMANDS = (['create'], ['setup'], ['run', 'configs/tpu_v3_128.py', WORKDIR], ['logs'],
+                   ['logs', '--follow'], ['status'], ['stop'], ['stop', '--force'],
+                   ['delete', '--yes'])
+SEPARATOR = re.compile(r'==== simclr_jax\.main started \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ====')
 
 
 @pytest.fixture
@@ -134,39 +147,105 @@ def test_run_is_one_ssh_with_the_same_main_command_on_all_workers(sandbox, tpu, 
   main = (f'python3 -m simclr_jax.main --config={config} --workdir={WORKDIR} '
           '--config.data.data_dir=gs://bkt/tfds')
   assert remote.count('python3 -m simclr_jax.main') == 1
-  assert f'nohup {main} > ~/simclr_logs/simclr-$(hostname).log 2>&1 < /dev/null &' in remote
+  log = '~/simclr_logs/simclr-$(hostname).log'
+  # Appended, after a dated line, so that a rerun keeps the previous attempt's output.
+  assert f'nohup {main} >> {log} 2>&1 < /dev/null &' in remote
+  assert f'echo "==== simclr_jax.main started $(date -u +%Y-%m-%dT%H:%M:%SZ) ====" >> {log}; ' in (
+      remote)
   assert 'SIMCLR_MULTIHOST' not in remote  # main detects the slice itself (cluster.py).
   assert 'delete' not in remote
+
+
+def _own_group_tools(tmp_path):
+  """A PATH folder whose pgrep and pkill see only their caller's process group.
+
+  The remote commands find simclr_jax.main by command line among all of a worker's processes.
+  Here they must not see, or signal, anything the test did not start: another test run on this
+  machine may have its own stand-in process, which would make `run` refuse to start.
+  """
+  tools = tmp_path / 'own_group_tools'
+  if not tools.exists():
+    tools.mkdir()
+    for name in ('pgrep', 'pkill'):
+      # Process group 0 means the calling process's own group (procps' pgrep/pkill).
+      (tools / name).write_text(f'#!/bin/sh\nexec {shutil.which(name)} -g 0 "$@"\n')
+      (tools / name).chmod(0o755)
+  return tools
+
+
+def _remote(command, tmp_path, home, process_group=0, timeout=60):
+  """Runs a printed remote command under bash as a worker would, in the fake `home`.
+
+  pgrep/pkill see only `process_group` (0: a new group of the command's own), which the command
+  joins.
+  """
+  env = {'HOME': str(home), 'PATH': f'{_own_group_tools(tmp_path)}:{os.environ["PATH"]}'}
+  return subprocess.run(['bash', '-c', command], env=env, capture_output=True, text=True,
+                        timeout=timeout, process_group=process_group)
+
+
+def _fake_worker_home(tmp_path, python3_script):
+  """A worker's home with the code folder and a venv whose python3 is `python3_script` (sh)."""
+  home = tmp_path / 'home'
+  (home / 'simclr_jax').mkdir(parents=True)
+  fake_bin = home / 'simclr_venv' / 'bin'
+  fake_bin.mkdir(parents=True)
+  (fake_bin / 'activate').write_text(f'PATH={fake_bin}:$PATH\n')
+  (fake_bin / 'python3').write_text('#!/bin/sh\n' + python3_script)
+  (fake_bin / 'python3').chmod(0o755)
+  return home
+
+
+def _wait_for(condition, what, timeout=60):
+  deadline = time.time() + timeout
+  while not condition():
+    assert time.time() < deadline, f'timed out waiting for {what}'
+    time.sleep(0.05)
+
+
+def _hostname():
+  return subprocess.run(['hostname'], capture_output=True, text=True,
+                        check=True).stdout.strip()
 
 
 def test_run_remote_command_starts_main_with_exact_arguments(sandbox, tmp_path):
   """Runs the printed remote command in a fake home: quoting must survive two shells."""
   odd = "--config.name=r50 \"v1\" it's $HOME"
   [cmd] = ok(sandbox, TPU_POD, 'run', 'configs/tpu_v3_128.py', WORKDIR, odd, env=V3_128)
-  home = tmp_path / 'home'
-  (home / 'simclr_jax').mkdir(parents=True)
-  fake_bin = home / 'simclr_venv' / 'bin'
-  fake_bin.mkdir(parents=True)
   argv_file = tmp_path / 'argv'
-  (fake_bin / 'activate').write_text(f'PATH={fake_bin}:$PATH\n')
-  (fake_bin / 'python3').write_text(
-      f'#!/bin/sh\necho "$PWD" > {argv_file}.tmp\n'
+  home = _fake_worker_home(
+      tmp_path, f'echo "$PWD" > {argv_file}.tmp\n'
       f'printf "%s\\n" "$@" >> {argv_file}.tmp\nmv {argv_file}.tmp {argv_file}\n')
-  (fake_bin / 'python3').chmod(0o755)
-  env = {'HOME': str(home), 'PATH': os.environ['PATH']}
-  proc = subprocess.run(['bash', '-c', flag(cmd, 'command')], env=env, capture_output=True,
-                        text=True, timeout=30)
+  proc = _remote(flag(cmd, 'command'), tmp_path, home)
   assert proc.returncode == 0, proc.stderr
   assert 'started' in proc.stdout
-  deadline = time.time() + 10
-  while not argv_file.exists() and time.time() < deadline:
-    time.sleep(0.05)
+  _wait_for(argv_file.exists, 'the fake python3 to run')
   first, *argv = argv_file.read_text().splitlines()
   assert first == str(home / 'simclr_jax')
   assert argv == ['-m', 'simclr_jax.main', '--config=configs/tpu_v3_128.py',
                   f'--workdir={WORKDIR}', odd]
-  hostname = subprocess.run(['hostname'], capture_output=True, text=True).stdout.strip()
-  assert (home / 'simclr_logs' / f'simclr-{hostname}.log').exists()
+  assert (home / 'simclr_logs' / f'simclr-{_hostname()}.log').exists()
+
+
+def test_run_twice_keeps_the_first_attempts_log(sandbox, tmp_path):
+  """A rerun appends to the worker's log after a dated line, so the crash before it stays."""
+  done = tmp_path / 'attempts_done'
+  home = _fake_worker_home(
+      tmp_path, 'echo "attempt $5: training"\necho "attempt $5: Traceback (crash)" >&2\n'
+      f'echo "$5" >> {done}\nexit 1\n')
+  for attempt in ('1', '2'):
+    [cmd] = ok(sandbox, TPU_POD, 'run', 'configs/tpu_v3_128.py', WORKDIR, '--', attempt,
+               env=V3_128)
+    proc = _remote(flag(cmd, 'command'), tmp_path, home)
+    assert proc.returncode == 0, proc.stderr
+    _wait_for(lambda a=attempt: done.exists() and len(done.read_text().split()) == int(a),
+              f'attempt {attempt} to finish')
+  lines = (home / 'simclr_logs' / f'simclr-{_hostname()}.log').read_text().splitlines()
+  assert len(lines) == 6, lines
+  for i, attempt in ((0, '1'), (3, '2')):
+    assert SEPARATOR.fullmatch(lines[i]), lines[i]
+    assert sorted(lines[i + 1:i + 3]) == [f'attempt {attempt}: Traceback (crash)',
+                                          f'attempt {attempt}: training']
 
 
 def test_run_single_host_allows_local_workdir_and_skips_distributed(sandbox):
@@ -201,9 +280,89 @@ def test_status_describes_slice_and_asks_every_worker(sandbox):
   assert flag(ssh, 'worker') == 'all' and 'pgrep' in flag(ssh, 'command')
 
 
+@pytest.mark.parametrize('args,signals,timeout', [
+    ([], ['-TERM', '-KILL'], '120'), (['--stop-timeout=7'], ['-TERM', '-KILL'], '7'),
+    (['--force'], ['-KILL'], None)])
+def test_stop_is_one_ssh_that_signals_main_on_every_worker(sandbox, args, signals, timeout):
+  [ssh] = ok(sandbox, TPU_POD, 'stop', *args, env={**V3_128, 'PROJECT': 'p'})
+  assert ssh[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'simclr-128']
+  assert flag(ssh, 'worker') == 'all' and flag(ssh, 'zone') == 'europe-west4-a'
+  assert flag(ssh, 'project') == 'p'
+  remote = flag(ssh, 'command')
+  assert subprocess.run(['bash', '-n', '-c', remote]).returncode == 0
+  # The same pattern as run and status: the training process, not the shell running this.
+  assert "p='^python3 -m simclr_jax[.]main'" in remote
+  assert re.findall(r'pkill (-[A-Z]+) -f "\$p"', remote) == signals
+  if timeout:
+    assert f'if gone_within {timeout}; then echo "$h: stopped after $t s"' in remote
+    assert f"what='killed after {timeout} s'" in remote
+  assert 'was not running' in remote and 'delete' not in remote
+
+
+def _stand_in_main(tmp_path, on_sigterm):
+  """Starts a real `python3 -m simclr_jax.main` in a process group of its own; returns it.
+
+  The module is a stand-in in a temporary folder (the current directory comes first on the
+  module path), so its command line is the one the scripts look for. On SIGTERM it exits 143
+  (as simclr_jax.main does after its checkpoint) or, with on_sigterm='ignore', keeps running.
+  """
+  code = tmp_path / 'stand_in'
+  (code / 'simclr_jax').mkdir(parents=True)
+  (code / 'simclr_jax' / '__init__.py').write_text('')
+  ready = tmp_path / 'stand_in_ready'
+  (code / 'simclr_jax' / 'main.py').write_text(textwrap.dedent(f'''\
+      import pathlib, signal, sys
+      if {on_sigterm == 'ignore'}:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+      else:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+      pathlib.Path({str(ready)!r}).write_text('')
+      while True:
+        signal.pause()
+      '''))
+  proc = subprocess.Popen(['python3', '-m', 'simclr_jax.main', '--config=stand-in'], cwd=code,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          env={'PATH': os.environ['PATH']}, process_group=0)
+  try:
+    _wait_for(lambda: ready.exists() or proc.poll() is not None, 'the stand-in to start')
+    assert proc.poll() is None, f'the stand-in exited with {proc.returncode}'
+    cmdline = pathlib.Path(f'/proc/{proc.pid}/cmdline')
+    if cmdline.exists():  # Linux: what pgrep -f matches against.
+      assert cmdline.read_bytes().startswith(b'python3\0-m\0simclr_jax.main\0')
+  except BaseException:
+    proc.kill()
+    proc.wait()
+    raise
+  return proc
+
+
+@pytest.mark.parametrize('args,env,on_sigterm,report,exit_status', [
+    ([], {}, 'exit', r'stopped after \d+ s', 143),
+    ([], {'STOP_TIMEOUT': '1'}, 'ignore', r'killed after 1 s', -9),
+    (['--force'], {}, 'exit', r'killed', -9)])
+def test_stop_remote_command_ends_a_real_main_process(sandbox, tmp_path, args, env, on_sigterm,
+                                                      report, exit_status):
+  """The remote command, run here in the stand-in's process group, ends it and not itself."""
+  [ssh] = ok(sandbox, TPU_POD, 'stop', *args, env={**V3_128, **env})
+  main = _stand_in_main(tmp_path, on_sigterm)
+  try:
+    # If the pattern matched the stop command's own shell (same group), pkill would end it too.
+    proc = _remote(flag(ssh, 'command'), tmp_path, tmp_path, process_group=main.pid,
+                   timeout=300)
+    assert main.wait(timeout=60) == exit_status
+  finally:
+    if main.poll() is None:
+      main.kill()
+      main.wait()
+  assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+  assert re.fullmatch(f'{re.escape(_hostname())}: {report}\n', proc.stdout), proc.stdout
+  assert proc.stderr == ''
+  proc = _remote(flag(ssh, 'command'), tmp_path, tmp_path, process_group=0)
+  assert (proc.returncode, proc.stdout) == (0, f'{_hostname()}: was not running\n')
+
+
 def test_delete_only_on_explicit_request(sandbox):
-  for args in (['create'], ['setup'], ['run', 'configs/tpu_v3_128.py', WORKDIR], ['logs'],
-               ['logs', '--follow'], ['status']):
+  for args in TPU_SUBCOMMANDS[:-1]:
     for cmd in ok(sandbox, TPU_POD, *args, env=V3_128):
       assert 'delete' not in cmd, (args, cmd)
   expected = ['gcloud', 'compute', 'tpus', 'tpu-vm', 'delete', 'simclr-128',
@@ -238,6 +397,11 @@ def test_delete_only_on_explicit_request(sandbox):
     (V3_128, ['status', '--zone', 'z'], "write --zone=VALUE (with '=')"),
     (V3_128, ['status', '--config.x=1'], "unknown option '--config.x=1' for status"),
     (V3_128, ['logs', '--follow', '--worker=all'], '--worker=all is not a worker number'),
+    ({**V3_128, 'STOP_TIMEOUT': '2m'}, ['stop'], "STOP_TIMEOUT='2m' is not a whole number"),
+    (V3_128, ['stop', '--stop-timeout=-1'], "STOP_TIMEOUT='-1' is not a whole number"),
+    (V3_128, ['stop', '--stop-timeout', '5'], "write --stop-timeout=VALUE (with '=')"),
+    (V3_128, ['delete', '--force'], '--force is an option of stop only'),
+    (V3_128, ['stop', 'now'], "stop takes no arguments, got 'now'"),
 ])
 def test_bad_input_fails_with_one_clear_line(sandbox, env, args, message):
   rc, lines, err = run(sandbox, TPU_POD, *args, env=env)
@@ -310,7 +474,8 @@ def test_slurm_dry_run_tasks_per_node(sandbox, process_per, nodes, gpus, tasks):
 
 
 def test_slurm_inside_job_runs_srun_with_the_exports(sandbox):
-  job = {'SLURM_JOB_ID': '77', 'SLURM_JOB_NUM_NODES': '3', 'PROCESS_PER': 'node'}
+  job = {'SLURM_JOB_ID': '77', 'SLURM_JOB_NUM_NODES': '3', 'PROCESS_PER': 'node',
+         'SLURM_CPUS_ON_NODE': '48'}
   # sbatch --chdir makes the repo root the job's working directory.
   lines = ok(sandbox, SLURM, 'configs/gpu_8x.py', '/shared/w', env=job, cwd=ROOT)
   sbatch, [srun], _ = _sbatch_and_srun(lines)
@@ -319,8 +484,62 @@ def test_slurm_inside_job_runs_srun_with_the_exports(sandbox):
                  cwd=ROOT)
   assert rc == 97  # The stub srun ran, with the variables exported to it.
   call = sandbox[1].read_text()
-  assert call.startswith('srun --nodes=3 --ntasks-per-node=1 --gpus-per-node=8 --label python3 ')
+  assert call.startswith('srun --nodes=3 --ntasks-per-node=1 --gpus-per-node=8 '
+                         '--cpus-per-task=48 --label python3 ')
   assert 'JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7 SIMCLR_MULTIHOST=' in call  # Not set.
+
+
+def test_slurm_one_task_on_one_node_sees_all_its_gpus(sandbox):
+  """NODES=1 PROCESS_PER=node: one SLURM task, which must not be pinned to GPU 0."""
+  job = {'SLURM_JOB_ID': '78', 'NODES': '1', 'PROCESS_PER': 'node', 'SLURM_CPUS_ON_NODE': '64'}
+  lines = ok(sandbox, SLURM, 'configs/gpu_8x.py', '/shared/w', env=job, cwd=ROOT)
+  sbatch, [srun], exports = _sbatch_and_srun(lines)
+  assert sbatch == []
+  assert exports == {'JAX_LOCAL_DEVICE_IDS': '0,1,2,3,4,5,6,7'}
+  assert lines.index(['export', 'JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7']) < lines.index(srun)
+  assert [flag(srun, k) for k in ('nodes', 'ntasks-per-node', 'gpus-per-node')] == ['1', '1', '8']
+
+
+@pytest.mark.parametrize('process_per,cpus_on_node,expected', [
+    ('gpu', '64', '8'), ('node', '64', '64'), ('gpu', '4', '1'), ('gpu', '100', '12')])
+def test_slurm_cpus_per_task_defaults_to_the_nodes_cpus_over_its_tasks(
+    sandbox, process_per, cpus_on_node, expected):
+  env = {'PROCESS_PER': process_per}
+  [sbatch], [srun], _ = _sbatch_and_srun(ok(sandbox, SLURM, 'configs/gpu_8x.py', '/w', env=env))
+  # The job takes whole nodes, so that it has all their CPUs to share among its tasks.
+  assert '--exclusive' in sbatch and flag(sbatch, 'cpus-per-task') is None
+  tasks = 8 if process_per == 'gpu' else 1
+  # Outside the job SLURM_CPUS_ON_NODE is unknown: the dry run prints the expression.
+  assert flag(srun, 'cpus-per-task') == f'$((SLURM_CPUS_ON_NODE/{tasks}))'
+  job = {**env, 'SLURM_JOB_ID': '79', 'SLURM_JOB_NUM_NODES': '2',
+         'SLURM_CPUS_ON_NODE': cpus_on_node}
+  _, [srun], _ = _sbatch_and_srun(ok(sandbox, SLURM, 'configs/gpu_8x.py', '/w', env=job,
+                                     cwd=ROOT))
+  assert flag(srun, 'cpus-per-task') == expected
+  assert flag(srun, 'ntasks-per-node') == str(tasks)
+
+
+def test_slurm_cpus_per_task_setting_goes_to_sbatch_and_srun(sandbox):
+  [sbatch], [srun], _ = _sbatch_and_srun(ok(sandbox, SLURM, 'configs/gpu_8x.py', '/w',
+                                            env={'CPUS_PER_TASK': '6'}))
+  assert flag(sbatch, 'cpus-per-task') == flag(srun, 'cpus-per-task') == '6'
+  assert '--exclusive' not in sbatch
+  # Inside the job: CPUS_PER_TASK as passed on by sbatch, or sbatch --cpus-per-task's variable.
+  for setting in ({'CPUS_PER_TASK': '6'}, {'SLURM_CPUS_PER_TASK': '6'}):
+    job = {**setting, 'SLURM_JOB_ID': '80', 'SLURM_CPUS_ON_NODE': '64'}
+    _, [srun], _ = _sbatch_and_srun(ok(sandbox, SLURM, 'configs/gpu_8x.py', '/w', env=job,
+                                       cwd=ROOT))
+    assert flag(srun, 'cpus-per-task') == '6', setting
+
+
+def test_slurm_job_without_a_cpu_count_warns_and_leaves_cpus_to_the_cluster(sandbox):
+  rc, lines, err = run(sandbox, SLURM, 'configs/gpu_8x.py', '/w', env={'SLURM_JOB_ID': '81'},
+                       cwd=ROOT)
+  assert rc == 0
+  [srun] = [shlex.split(line) for line in lines]
+  assert srun[0] == 'srun' and flag(srun, 'cpus-per-task') is None
+  [line] = err.splitlines()
+  assert line.startswith("slurm.sh: warning: SLURM_CPUS_ON_NODE='' is not a CPU count"), line
 
 
 def test_slurm_header_defaults_match_the_submit_path(sandbox):
@@ -332,11 +551,13 @@ def test_slurm_header_defaults_match_the_submit_path(sandbox):
   for i, line in enumerate(lines):
     if line.startswith('#SBATCH'):
       assert i < first_command, line
-      key, value = line.split()[1].lstrip('-').split('=')
+      key, _, value = line.split()[1].lstrip('-').partition('=')
       header[key] = value
   [sbatch], _, _ = _sbatch_and_srun(ok(sandbox, SLURM, 'configs/gpu_8x.py', '/w'))
   for key in ('nodes', 'ntasks-per-node', 'gpus-per-node', 'time', 'job-name'):
     assert header[key] == flag(sbatch, key), key
+  assert ('exclusive' in header) == ('--exclusive' in sbatch)  # Whole nodes: all their CPUs.
+  assert ('cpus-per-task' in header) == (flag(sbatch, 'cpus-per-task') is not None)
 
 
 @pytest.mark.parametrize('env,args,message', [
@@ -345,6 +566,7 @@ def test_slurm_header_defaults_match_the_submit_path(sandbox):
     ({'GPUS_PER_NODE': 'all'}, ['configs/gpu_8x.py', '/w'], "GPUS_PER_NODE='all' must be"),
     ({}, ['configs/gpu_8x.py'], 'need CONFIG WORKDIR'),
     ({}, ['configs/none.py', '/w'], "CONFIG 'configs/none.py' is not a file"),
+    ({'CPUS_PER_TASK': '0'}, ['configs/gpu_8x.py', '/w'], "CPUS_PER_TASK='0' must be a positive"),
 ])
 def test_slurm_bad_input_fails_with_one_clear_line(sandbox, env, args, message):
   rc, lines, err = run(sandbox, SLURM, *args, env=env)
@@ -359,6 +581,170 @@ def test_gpu_config_docstring_command_passes_the_script(sandbox):
   assert words[2:4] == ['bash', 'launch/slurm.sh']
   _, [srun], _ = _sbatch_and_srun(ok(sandbox, SLURM, *words[4:], env=env))
   assert flag(srun, 'ntasks-per-node') == '8' and '--config=configs/gpu_8x.py' in srun
+
+
+# ---- both scripts: bash 3.2 and 4.2, the shared launch/common.sh ----
+
+# ${a[@]+"${a[@]}"}: expands to nothing, without touching "${a[@]}", when `a` is empty.
+_GUARDED = re.compile(r'\$\{(\w+)\[[@*]\]\+"\$\{\1\[[@*]\](?::[0-9]+)?\}"\}')
+# "${a[@]}", "${a[*]}", ${!a[@]}, ${a[@]:1}, ...; an operator that tolerates an unset array
+# (${a[*]:-none}, ${a[@]+...}) is captured, and ${#a[@]} (a length) does not match.
+_ARRAY_EXPANSION = re.compile(r'\$\{!?\w+\[[@*]\](:?[-+])?')
+
+
+def _unguarded_array_expansions(code):
+  """Expansions that stop bash < 4.4 with 'unbound variable' under set -u on an empty array."""
+  return [m.group(0) for m in _ARRAY_EXPANSION.finditer(_GUARDED.sub('', code))
+          if not m.group(1)]
+
+
+def _code_lines(path):
+  """(number, line) of the lines after `set -u` that are not comments (common.sh: all lines,
+  since the scripts source it after their `set -euo pipefail`)."""
+  lines = path.read_text().splitlines()
+  start = 0
+  if path != COMMON:
+    start = next(i for i, line in enumerate(lines) if re.match(r'set -[a-z]*u', line)) + 1
+  return [(i + 1, line) for i, line in enumerate(lines)
+          if i >= start and not line.lstrip().startswith('#')]
+
+
+@pytest.mark.parametrize('code,bad', [
+    ('cmd "${a[@]}" x', ['${a[@]']), ('printf "${a[*]}"', ['${a[*]']),
+    ('b=("${a[@]:1}")', ['${a[@]']), ('for k in "${!a[@]}"', ['${!a[@]']),
+    ('${a[@]+"${b[@]}"}', ['${b[@]']), ('x ${a[@]+"${a[@]}"} "${c[@]}"', ['${c[@]']),
+    ('cmd ${a[@]+"${a[@]}"} ${a[@]+"${a[*]}"}', []), ('(( ${#a[@]} ))', []),
+    ('echo "${a[*]:-none}"', []), ('b=(${a[@]+"${a[@]:1}"})', []),
+    ('"${BASH_SOURCE[0]}"', []),
+])
+def test_array_guard_rule_itself(code, bad):
+  assert _unguarded_array_expansions(code) == bad
+
+
+@pytest.mark.parametrize('path', SCRIPTS, ids=lambda p: p.name)
+def test_scripts_guard_every_array_expansion_for_bash_before_4_4(path):
+  """bash 3.2 (macOS) and 4.2 (RHEL 7) stop on an empty "${a[@]}" under set -u."""
+  bad = [(n, line) for n, line in _code_lines(path) if _unguarded_array_expansions(line)]
+  assert not bad, f'write ${{a[@]+"${{a[@]}}"}} instead: {bad}'
+
+
+# What bash 3.2 lacks (added in bash 4.0 to 4.4), as they would appear in the scripts.
+_BASH4 = {
+    r'\bdeclare\s+-[a-zA-Z]*[AnlNu]|\blocal\s+-[a-zA-Z]*[An]': 'associative arrays, namerefs',
+    r'\b(mapfile|readarray|coproc)\b': 'bash 4 builtins',
+    r'\$\{\w+(\[[^]]*\])?(,,?|\^\^?)': 'case conversion', r'\$\{\w+@[QEPAaKk]\}': '${x@Q}',
+    r'\[-[0-9]+\]': 'negative array index',
+    r'\$\{\w+(\[[@*]\])?:[\w ]+:\s*\(?-': 'negative length',
+    r';;&|;&|\|&|&>>': 'bash 4 operators', r'\bBASHPID\b|\bwait -n\b': 'bash 4 variables',
+    r'printf[^|;]*%\(': 'printf %(...)T', r'\bshopt\s+-s\s+(globstar|lastpipe)': 'shopt',
+    r'\{\w+\}[<>]': 'automatic file descriptors',
+}
+
+
+def _bash4_features(line):
+  return [what for pattern, what in _BASH4.items() if re.search(pattern, line)]
+
+
+@pytest.mark.parametrize('code,found', [
+    ('declare -A m', True), ('local -n ref=x', True), ('mapfile -t a < f', True),
+    ('echo "${x,,}"', True), ('echo "${x^^}"', True), ('echo "${a[-1]}"', True),
+    ('echo "${x:0:-1}"', True), ("printf '%(%F)T'", True), ('cmd |& tee', True),
+    ('cmd &>> log', True), ('exec {fd}> f', True), ('echo "${x@Q}"', True),
+    ('NODES="${NODES:-${SLURM_JOB_NUM_NODES:-1}}"', False), ('echo "${a[*]:-none}"', False),
+    ("printf '%s\\n' x", False), ('cmd >> log 2>&1 < /dev/null &', False),
+])
+def test_bash_4_feature_rule_itself(code, found):
+  assert bool(_bash4_features(code)) == found, _bash4_features(code)
+
+
+@pytest.mark.parametrize('path', SCRIPTS, ids=lambda p: p.name)
+def test_scripts_use_no_bash_4_features(path):
+  found = [(n, line, _bash4_features(line)) for n, line in _code_lines(path)
+           if _bash4_features(line)]
+  assert not found, found
+
+
+@pytest.mark.parametrize('args', TPU_SUBCOMMANDS, ids=' '.join)
+def test_tpu_pod_dry_run_with_empty_optional_arrays(sandbox, args):
+  """No PROJECT (project_flag empty) and no simclr_jax.main flags (main_args empty)."""
+  assert ok(sandbox, TPU_POD, *args, env=V3_32)
+
+
+@pytest.mark.parametrize('job', [{}, {'SLURM_JOB_ID': '5', 'SLURM_CPUS_ON_NODE': '16'}],
+                         ids=['submit', 'in-job'])
+@pytest.mark.parametrize('process_per', ['gpu', 'node'])
+def test_slurm_dry_run_with_empty_optional_arrays(sandbox, job, process_per):
+  """No CPUS_PER_TASK, PARTITION, ACCOUNT and no overrides (main_args empty)."""
+  lines = ok(sandbox, SLURM, 'configs/gpu_8x.py', '/w', env={**job, 'PROCESS_PER': process_per},
+             cwd=ROOT)
+  _, [srun], _ = _sbatch_and_srun(lines)
+  assert srun[-1] == '--workdir=/w'
+
+
+@pytest.mark.parametrize('compat', ['32', '42'])
+def test_printed_commands_paste_under_old_bash_quoting(sandbox, compat):
+  """bash <= 4.2 does no quote removal in a "${x//pat/rep}" replacement; BASH_COMPAT mimics it."""
+  odd = "--config.name=it's \"x\" $HOME"
+  env = {**V3_128, 'BASH_COMPAT': compat}
+  [cmd] = ok(sandbox, TPU_POD, 'run', 'configs/tpu_v3_128.py', WORKDIR, odd, env=env)
+  assert odd in shlex.split(flag(cmd, 'command'))
+  _, [srun], _ = _sbatch_and_srun(ok(sandbox, SLURM, 'configs/gpu_8x.py', '/w', odd,
+                                     env={'BASH_COMPAT': compat}))
+  assert srun[-1] == odd
+
+
+def test_scripts_share_their_helpers_from_common_sh():
+  common = COMMON.read_text()
+  for path in (TPU_POD, SLURM):
+    text = path.read_text()
+    assert '. "$ROOT/launch/common.sh"' in text, path
+    for helper in ('die', 'quote', 'do_cmd', 'usage'):
+      assert not re.search(rf'^\s*{helper}\(\)', text, re.M), (path, helper)
+      assert re.search(rf'^{helper}\(\)', common, re.M), helper
+    assert 'DRY_RUN' not in text.split('set -euo pipefail')[1], path  # Parsed in common.sh.
+
+
+def test_slurm_job_finds_common_sh_from_its_working_directory(sandbox, tmp_path):
+  """Under sbatch the script is a spool copy; --chdir makes the repo root the job's directory."""
+  spool = tmp_path / 'spool' / 'job42'
+  spool.mkdir(parents=True)
+  shutil.copy(SLURM, spool / 'slurm_script')
+  job = {'SLURM_JOB_ID': '42', 'SLURM_CPUS_ON_NODE': '16'}
+  _, [srun], _ = _sbatch_and_srun(ok(sandbox, spool / 'slurm_script', 'configs/gpu_8x.py', '/w',
+                                     env=job, cwd=ROOT))
+  assert flag(srun, 'cpus-per-task') == '2'
+  rc, lines, err = run(sandbox, spool / 'slurm_script', 'configs/gpu_8x.py', '/w', env=job,
+                       cwd=tmp_path)
+  assert rc == 2 and lines == []
+  [line] = err.splitlines()
+  assert line.startswith(f'slurm.sh: error: {tmp_path}/launch/common.sh is missing'), line
+
+
+@pytest.mark.parametrize('script', [TPU_POD, SLURM], ids=lambda p: p.name)
+def test_help_is_the_header_comment(sandbox, script):
+  rc, lines, err = run(sandbox, script, '--help', dry_run=False)
+  assert rc == 0 and err == ''
+  assert lines[-1].endswith('See launch/README.md.') and not lines[-1].startswith('#')
+  assert not any(line.startswith(('!', 'SBATCH', 'set -')) for line in lines)
+
+
+def test_readme_states_what_the_scripts_do():
+  """launch/README.md's paths, subcommands and defaults are the scripts' own."""
+  readme = (ROOT / 'launch' / 'README.md').read_text()
+  tpu = TPU_POD.read_text()
+  subcommands = re.search(r'^  (create \| .*)\) ;;$', tpu, re.M).group(1).split(' | ')
+  assert 'stop' in subcommands
+  for sub in subcommands:
+    assert f'launch/tpu_pod.sh {sub}' in readme, sub
+  for path in ('~/simclr_logs/simclr-$(hostname).log', './tpu_logs/$TPU_NAME/simclr_logs/',
+               '~/simclr_venv', '~/simclr_jax', '`simclr-<jobid>.out`'):
+    assert path in readme, path
+  assert 'REMOTE_LOGS=simclr_logs' in tpu and 'log_dir="${log_dir:-tpu_logs/$TPU_NAME}"' in tpu
+  assert '`==== simclr_jax.main started 2025-01-31T09:00:00Z ====`' in readme
+  assert SEPARATOR.fullmatch('==== simclr_jax.main started 2025-01-31T09:00:00Z ====')
+  assert 'STOP_TIMEOUT="${STOP_TIMEOUT:-120}"' in tpu and '`STOP_TIMEOUT` (120)' in readme
+  assert '#SBATCH --exclusive' in SLURM.read_text() and '--exclusive' in readme
+  assert 'bash 3.2' in readme
 
 
 # ---- the platform configs ----
