@@ -18,6 +18,14 @@ to 1 and 2 threads, for:
   Plus (b) with float32 views (the augmentation's own output) against the uint8 views shipped.
 Every row is measured once per round, rounds interleaved, and the median is shown: the machine
 may be shared (the load average is printed with the table).
+
+    python bench/input_pipeline.py --sections=block_shuffle
+
+The file stream's block shuffle (data/streams.block_shuffle) with and without reading the next
+block ahead: TFRecord files of ImageNet-sized JPEGs -> parse -> block shuffle -> decode + resize
+(the downstream work), images/s. Without prefetch nothing flows downstream while a block is
+read; with it, reading overlaps the decoding. Read from local files (page cache: reading is
+cheap) and with a simulated storage latency per record (what a bucket adds).
 """
 
 import argparse
@@ -33,6 +41,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax.data import streams  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 BATCH = 32
 
@@ -104,13 +113,95 @@ def on_device_config():
   return c
 
 
+def write_records(directory, jpegs, files=4, per_file=1500):
+  """TFRecord files of tf.train.Examples holding the JPEGs (cycled), like a TFDS split."""
+  paths = []
+  for f in range(files):
+    path = os.path.join(directory, f'train.tfrecord-{f:05d}')
+    with tf.io.TFRecordWriter(path) as w:
+      for i in range(per_file):
+        jpeg = jpegs[(f * per_file + i) % len(jpegs)]
+        w.write(tf.train.Example(features=tf.train.Features(feature={
+            'image': tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg]))}))
+                .SerializeToString())
+    paths.append(path)
+  return paths
+
+
+def measure_block_shuffle(paths, block, prefetch, latency_ms, seconds, map_parallelization):
+  """images/s out of files -> parse -> block_shuffle -> decode + resize 224, batches of 32."""
+  def slow(recs):  # Storage latency, waited for (no CPU) per chunk of 100 records.
+    def wait(x):
+      time.sleep(latency_ms * 100 / 1e3)
+      return x
+    return tf.py_function(wait, [recs], tf.string)
+
+  ds = tf.data.Dataset.from_tensor_slices(paths).interleave(
+      tf.data.TFRecordDataset, cycle_length=len(paths), block_length=1)
+  if latency_ms:
+    ds = ds.batch(100).map(slow).unbatch()
+  ds = ds.map(lambda r: tf.io.parse_single_example(
+      r, {'image': tf.io.FixedLenFeature([], tf.string)})['image'])
+  ds = streams.block_shuffle(ds.repeat(), block, [0, 0], prefetch=prefetch)
+  ds = ds.map(lambda x: tf.image.resize(tf.io.decode_jpeg(x, channels=3), [224, 224]),
+              num_parallel_calls=tf.data.AUTOTUNE).batch(BATCH).prefetch(2)
+  opts = tf.data.Options()
+  opts.experimental_optimization.map_parallelization = map_parallelization
+  it = iter(ds.with_options(opts))
+  next(it)
+  n, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    next(it)
+    n += BATCH
+  return n / (time.perf_counter() - t0)
+
+
+def block_shuffle_section(args):
+  import tempfile  # pylint: disable=g-import-not-at-top
+  jpegs = [tf.io.encode_jpeg(tf.cast(tf.random.stateless_uniform(
+      [350, 400, 3], [i, 0], 0, 255), tf.uint8), quality=90).numpy() for i in range(64)]
+  block = 2000
+  with tempfile.TemporaryDirectory() as d:
+    paths = write_records(d, jpegs)
+    print(f'Block shuffle: 4 TFRecord files, 6,000 records of {np.mean([len(j) for j in jpegs]) / 1e3:.0f} kB '
+          f'(noise JPEGs, 400x350), blocks of {block:,} (ImageNet configs: 10,000).')
+    # map_parallelization (a tf.data graph rewrite, on by default) turns the block permutation
+    # into a parallel map, which already reads ahead; with it off, only the prefetch does.
+    cases = [(latency, opt, prefetch) for latency in (0.0, 0.2) for opt in (True, False)
+             for prefetch in (False, True)]
+    rates = {c: [] for c in cases}
+    for r in range(args.rounds):
+      for c in cases:
+        rates[c].append(measure_block_shuffle(paths, block, c[2], c[0], args.seconds, c[1]))
+        print(f'  round {r + 1}: latency {c[0]} ms, map_parallelization {c[1]}, prefetch '
+              f'{c[2]}: {rates[c][-1]:.1f} images/s', flush=True)
+  header = (f'{"storage latency / record":<26} {"map_parallelization":>19} {"prefetch":>8} '
+            f'{"images/s":>9} {"vs no prefetch":>14}')
+  print('\n' + header + '\n' + '-' * len(header))
+  for latency, opt, prefetch in cases:
+    rate = float(np.median(rates[(latency, opt, prefetch)]))
+    base = float(np.median(rates[(latency, opt, False)]))
+    print(f'{f"{latency} ms":<26} {str(opt):>19} {str(prefetch):>8} {rate:>9.1f} '
+          f'{rate / base:>13.2f}x')
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--seconds', type=float, default=4.0)
   parser.add_argument('--rounds', type=int, default=2,
                       help='every row is measured once per round, rounds interleaved; median shown')
+  parser.add_argument('--sections', default='augment,block_shuffle',
+                      help='comma-separated: augment (the augmentation table), block_shuffle')
   args = parser.parse_args()
   tf.config.set_visible_devices([], 'GPU')
+  sections = args.sections.split(',')
+  if 'block_shuffle' in sections:
+    block_shuffle_section(args)
+  if 'augment' in sections:
+    augment_section(args)
+
+
+def augment_section(args):
   print(f'TF {tf.__version__}; os.cpu_count()={os.cpu_count()}; '
         f'load average before: {os.getloadavg()[0]:.2f}; {args.seconds:.0f} s per row and round, '
         f'{args.rounds} rounds (median shown), batches of {BATCH}.')
