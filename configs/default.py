@@ -44,6 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.shuffle_buffer = 10_000  # Examples in the tf.data shuffle buffer.
   config.data.cache = True  # Cache decoded source images in memory (small data sets only).
   config.data.label_fraction = 1.0  # linear_eval/finetune: class-balanced fraction of train labels kept.
+  # Training records whose image fails to decode are skipped and counted; every host stops once
+  # more than this fraction of the records read since the (re)start was skipped.
+  config.data.max_corrupt_fraction = 0.001
 
   # ---- aug: the SimCLR augmentation (paper appendix A) ----
   config.aug = ml_collections.ConfigDict()
@@ -128,6 +131,8 @@ def get_config() -> ml_collections.ConfigDict:
   # ---- linear_eval: the standalone linear-evaluation / fine-tuning job (simclr_jax/linear_eval.py) ----
   config.linear_eval = ml_collections.ConfigDict()
   config.linear_eval.precompute_features = False  # Train the head on frozen features extracted once (no aug).
+  # Precomputed features are gathered to every host; refused above this size (ImageNet: 10.9 GB).
+  config.linear_eval.max_host_features_gb = 4.0
 
   config.lock()
   return config

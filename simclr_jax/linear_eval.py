@@ -167,16 +167,24 @@ def l2_loss(params, labels, config) -> jax.Array:
 def pretraining_run(config: ml_collections.ConfigDict) -> load.Checkpoint:
   """The checkpoint config.init_checkpoint names (a pretraining workdir: its newest checkpoint;
   or one of its checkpoints/<step> directories), with the run's config; a clear ConfigError,
-  before anything is compiled, if it is not a pretraining workdir with a checkpoint."""
+  before anything is compiled, if it is not a pretraining workdir with a checkpoint. Process 0
+  decides (its listing, its reading) and every process gets its answer."""
   src = config.init_checkpoint
   if not src:
     raise validation.ConfigError(
         f'config.mode={config.mode!r} needs --config.init_checkpoint=PRETRAIN_WORKDIR (the '
         '--workdir of a pretraining run, holding config.json and checkpoints/).')
-  try:
-    return load.locate(src)
-  except (FileNotFoundError, ValueError) as e:  # No config.json or checkpoint; not pretraining.
-    raise validation.ConfigError(f'config.init_checkpoint={src!r}: {e}') from e
+
+  def find():  # Process 0 lists and decides: every host restores the same step.
+    try:
+      found = load.locate(src)
+    except (FileNotFoundError, ValueError) as e:  # No config.json or checkpoint; not pretraining.
+      raise validation.ConfigError(f'config.init_checkpoint={src!r}: {e}') from e
+    return {'workdir': found.workdir, 'step': found.step, 'config': found.config.to_dict()}
+
+  found = cluster.process_0_does(find, f'locating config.init_checkpoint={src!r}')
+  return load.Checkpoint(found['workdir'], int(found['step']),
+                         ml_collections.ConfigDict(found['config']))
 
 
 def merged_config(config: ml_collections.ConfigDict,
@@ -340,9 +348,11 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   config = merged_config(config, pre.config)
   validation.validate(config, jax.device_count(), jax.process_count())
   info = input_pipeline.get_info(config)
-  checkpointing.check_resume_config(workdir, config, allow_config_change)
+  # Whether every host can write and see the workdir comes first: a host that sees another
+  # directory would otherwise take other decisions about what it holds.
   checkpointing.check_workdir_writable(workdir)
   cluster.check_shared_workdir(workdir)
+  checkpointing.check_resume_config(workdir, config, allow_config_change)
   mesh = sharding.make_mesh()
   model = build_classifier(config, info.num_classes)
   checkpointing.write_config(workdir, config)
@@ -359,6 +369,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       + (f', label_fraction {config.data.label_fraction}' if config.data.label_fraction < 1
          else '') + ('; precomputed features' if precompute else '') + '.')
 
+  if precompute:
+    check_feature_size(config, model, info)
   encoder = load.load_encoder(pre.workdir, init_step, mesh=mesh)
   variables = init_variables(model, encoder.variables, config, mesh)
   extra = {}
@@ -380,7 +392,11 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count())
   else:
-    indices = supervised.train_indices(config)
+    indices = None
+    if config.data.label_fraction < 1:  # Each host reads 1/P of the labels; all get all.
+      indices = supervised.label_subset(
+          evaluate.split_labels(config, config.data.train_split, info.num_train),
+          config.data.label_fraction)
     num_train = info.num_train if indices is None else len(indices)
     params, batch_stats = variables['params'], variables['batch_stats']
     forward = _image_forward(model.apply)
@@ -399,18 +415,26 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                                   tx=create_optimizer(config, num_train, params))
   run_ = _train(config, workdir, state, batches, forward, labels, num_train, mesh, writer)
   state, last, train_seconds = run_.state, run_.last_metrics, run_.train_seconds
-
-  if precompute:
-    dense = jax.device_get(state.params['head_supervised']['dense'])
-    logits = xte @ dense['kernel'] + dense['bias']
-    extra['train_top1'] = evaluate.topk_accuracy(xtr @ dense['kernel'] + dense['bias'], ytr, 1)
-  else:
-    fn = evaluate.make_embed_fn(model.apply, mesh, 'logits')
-    logits, yte = evaluate.extract(config, config.data.eval_split, info.num_eval, mesh,
-                                   functools.partial(fn, {'params': state.params,
-                                                          'batch_stats': state.batch_stats}))
   step = int(jax.device_get(state.step))
-  top1, top5 = evaluate.topk_accuracy(logits, yte, 1), evaluate.topk_accuracy(logits, yte, 5)
+
+  with loop.exit_on_sigterm(
+      f'SIGTERM during the final evaluation: {config.mode} is finished and its checkpoint of '
+      f'step {step} is saved in {workdir}/checkpoints; exiting at once, without results. Rerun '
+      'the same command to evaluate (no step is trained again).'):
+    if precompute:
+      dense = jax.device_get(state.params['head_supervised']['dense'])
+      logits = xte @ dense['kernel'] + dense['bias']
+      extra['train_top1'] = evaluate.topk_accuracy(xtr @ dense['kernel'] + dense['bias'], ytr, 1)
+      top1, top5 = (evaluate.topk_accuracy(logits, yte, k) for k in (1, 5))
+      num_eval = len(yte)
+    else:  # The eval split's logits stay sharded over the devices.
+      fn = evaluate.make_embed_fn(model.apply, mesh, 'logits')
+      ev = evaluate.extract_sharded(config, config.data.eval_split, info.num_eval, mesh,
+                                    functools.partial(fn, {'params': state.params,
+                                                           'batch_stats': state.batch_stats}))
+      evaluate.check_labels(ev, info.num_classes, 'config.data.eval_split')
+      top1, top5 = evaluate.topk_accuracies(ev.outputs, ev, (1, 5))
+      num_eval = evaluate.count(ev)
   writer.write_scalars(step, {'eval/top1': top1, 'eval/top5': top5})
   writer.flush()
   results = {
@@ -419,17 +443,37 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       'dataset': info.name, 'train_split': config.data.train_split,
       'label_fraction': config.data.label_fraction, 'num_train': num_train,
       'eval_split': config.data.eval_split, 'top1': top1, 'top5': top5,
-      'num_eval': int(len(yte)), 'steps': step,
+      'num_eval': int(num_eval), 'steps': step, 'skipped_records': run_.skipped_records,
       'precompute_features': bool(precompute),
       'fine_tune_after_block': None if linear else config.fine_tune_after_block,
       'ft_proj_selector': config.model.ft_proj_selector,
       'final_train_metrics': last, 'train_seconds': train_seconds,
       'wall_clock_seconds': time.time() - t0, **extra,
   }
-  if jax.process_index() == 0:
-    (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+  path = epath.Path(workdir) / RESULTS_FILE
+  cluster.process_0_does(lambda: path.write_text(json.dumps(results, indent=2)),
+                         f'writing {path}')
   progress.say(format_table(results))
   return results
+
+
+def check_feature_size(config: ml_collections.ConfigDict, model: Classifier, info) -> None:
+  """Before anything is restored or extracted: precomputed features are gathered to every host
+  (train + eval split, float32), so refuse a size past linear_eval.max_host_features_gb."""
+  size = config.data.image_size
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                          jnp.zeros((1, size, size, 3), jnp.float32))
+  dim = shapes['params']['head_supervised']['dense']['kernel'].shape[0]
+  rows = info.num_train + info.num_eval
+  gb = rows * dim * 4 / 1e9
+  limit = config.linear_eval.get('max_host_features_gb', 4.0)
+  if gb > limit:
+    raise validation.ConfigError(
+        f'config.linear_eval.precompute_features=True would gather {gb:.1f} GB of frozen '
+        f'features ({rows:,} examples x {dim} float32) to every host, more than '
+        f'linear_eval.max_host_features_gb={limit}: train the head on images instead '
+        '(--config.linear_eval.precompute_features=False, the paper\'s protocol), or raise the '
+        'limit if every host has the memory.')
 
 
 def format_table(r: dict[str, Any]) -> str:

@@ -35,7 +35,7 @@ from simclr_jax import sharding
 from simclr_jax import steps
 
 CROP_PROPORTION = 0.875  # The eval centre crop (official; data/augment.CROP_PROPORTION).
-ORBAX_ITEM = 'default'  # CheckpointManager's directory for its single StandardSave item.
+ORBAX_ITEM = checkpointing.ITEM  # CheckpointManager's directory for its single item.
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -122,18 +122,22 @@ def restore_variables(workdir: str, step: int, target: jax.sharding.Sharding
                       ) -> dict[str, Any]:
   """{'params', 'batch_stats'} of workdir's checkpoint `step`, every array placed with `target`
   (e.g. replicated on a mesh); the optimiser state is not read. Works for any simclr_jax job's
-  checkpoint (pretraining, linear evaluation, fine-tuning)."""
+  checkpoint (pretraining, linear evaluation, fine-tuning). With several processes every one
+  reads, and a failure on any stops all of them with the same error."""
+  from simclr_jax import cluster  # pylint: disable=g-import-not-at-top
   path = epath.Path(workdir) / checkpointing.CHECKPOINT_DIR / str(step) / ORBAX_ITEM
-  # The handler's metadata, not the Checkpointer's: the latter looks for the step-level metadata
-  # file in the item directory and logs a warning that it is missing.
-  meta = ocp.PyTreeCheckpointHandler().metadata(path)
-  abstract = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=target),
-                              meta[k]) for k in ('params', 'batch_stats') if k in meta}
-  out = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
-      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-      partial_restore=True))
-  out.setdefault('batch_stats', {})
-  return out
+
+  def restore():
+    # The handler's metadata, not the Checkpointer's: the latter looks for the step-level
+    # metadata file in the item directory and logs a warning that it is missing.
+    meta = ocp.PyTreeCheckpointHandler().metadata(path)
+    abstract = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=target),
+                                meta[k]) for k in ('params', 'batch_stats') if k in meta}
+    out = checkpointing.read(path.parent.parent, step, abstract, partial=True)
+    out.setdefault('batch_stats', {})
+    return out
+
+  return cluster.every_process_does(restore, f'restoring {path}')
 
 
 # ---- eval preprocessing in JAX ----

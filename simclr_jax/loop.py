@@ -6,9 +6,15 @@ evaluations on a step cadence. Every decision that ends or pauses the job (check
 stop on a non-finite loss, preemption) is taken by all hosts of a pod at the same step.
 
 Preemption (how TPU VMs and most clusters stop a job): on SIGTERM the loop finishes the current
-step, saves a checkpoint, waits until it is final and raises `Preempted`; a second SIGTERM exits
-at once. With several processes JAX's preemption service (started by jax.distributed) catches
-the signal and agrees on the step (multihost_utils.reached_preemption_sync_point).
+step, saves a checkpoint, waits until it is final and raises `Preempted`. With one process a
+second SIGTERM exits at once; with several, JAX's preemption service (started by
+jax.distributed) owns SIGTERM, agrees on the step (multihost_utils.reached_preemption_sync_point)
+and ignores further SIGTERMs. After the last step is saved the jobs evaluate under
+`exit_on_sigterm`: any SIGTERM then ends the process at once, on every host alike.
+
+Training records that fail to decode are skipped (data/input_pipeline.skip_undecodable); the
+loop counts them over all hosts on the finiteness cadence and stops every host at the same step
+once more than data.max_corrupt_fraction of the records read since the (re)start were skipped.
 """
 
 import dataclasses
@@ -24,6 +30,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 
 from simclr_jax import checkpointing
+from simclr_jax import cluster
 from simclr_jax import progress
 from simclr_jax import sharding
 from simclr_jax import utilization
@@ -36,6 +43,7 @@ class Result:
   last_metrics: dict  # The latest progress report's metrics.
   train_seconds: float  # Wall clock of the loop, evaluations excluded.
   start_step: int  # 0, or the step a resume started from.
+  skipped_records: int = 0  # Undecodable training records skipped since the (re)start, all hosts.
 
 
 class Preempted(Exception):
@@ -45,6 +53,85 @@ class Preempted(Exception):
     super().__init__(f'Preempted (SIGTERM): stopped after step {step} with a checkpoint of it in '
                      f'{directory}; rerun the same command to resume.')
     self.step = step
+
+
+class CorruptDataError(RuntimeError):
+  """More than data.max_corrupt_fraction of the training records read failed to decode."""
+
+
+class SkipCounter:
+  """Counts the training records this process's stream dropped (undecodable) from the gaps in
+  the batches' 'seq' (positions in its stream from `first`), and sums them over all processes
+  when asked, at a step every process asks at."""
+
+  def __init__(self, first: int, max_fraction: float):
+    self.first, self.max_fraction = first, max_fraction
+    self.kept = self.read = self.skipped = 0  # This process; `skipped`: all processes.
+
+  def take(self, batch: dict) -> dict:
+    """The batch without 'seq' (it stays on the host)."""
+    seq = batch.pop('seq', None)
+    if seq is not None and len(seq):
+      self.kept += len(seq)
+      self.read = int(seq[-1]) - self.first + 1
+    return batch
+
+  def agree(self, step: int) -> int:
+    """Records skipped on all processes so far (a collective); raises CorruptDataError on every
+    process alike when they exceed max_fraction of the records read."""
+    self.skipped, read = cluster.sum_over_processes([self.read - self.kept, self.read])
+    if self.skipped > self.max_fraction * read:
+      raise CorruptDataError(
+          f'{self.skipped} of the {read} training records read since the (re)start failed to '
+          f'decode and were skipped (by step {step}), more than '
+          f'data.max_corrupt_fraction={self.max_fraction}: check or re-prepare the data set, or '
+          'raise --config.data.max_corrupt_fraction to train past them.')
+    return self.skipped
+
+
+class exit_on_sigterm:  # pylint: disable=invalid-name  # A context manager, used as a function.
+  """Within it, the first SIGTERM ends the process at once with exit status 143 and `message`
+  on stderr, on one process or several (JAX's preemption service would otherwise swallow it).
+
+  For the evaluation after training: its checkpoint is final, so there is nothing to save. A
+  watcher thread reads the signal from Python's wakeup fd, so the exit does not wait for the
+  main thread, which may sit in a collective of a host that already exited.
+  """
+
+  def __init__(self, message: str):
+    self.message = message
+    self.active = threading.current_thread() is threading.main_thread()
+
+  def __enter__(self):
+    if not self.active:
+      return self
+    self.read_fd, self.write_fd = os.pipe()
+    os.set_blocking(self.write_fd, False)
+    self.previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    self.previous_fd = signal.set_wakeup_fd(self.write_fd)
+    threading.Thread(target=self._watch, daemon=True, name='exit_on_sigterm').start()
+    return self
+
+  def _watch(self):
+    while True:
+      try:
+        got = os.read(self.read_fd, 64)
+      except OSError:
+        return
+      if not got:
+        return
+      if signal.SIGTERM in got:
+        print(self.message, file=sys.stderr, flush=True)
+        os._exit(128 + signal.SIGTERM)  # pylint: disable=protected-access
+
+  def __exit__(self, *exc):
+    if not self.active:
+      return
+    signal.set_wakeup_fd(self.previous_fd)
+    # A handler installed outside Python (JAX's) cannot be put back: the job is ending anyway.
+    signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
+    os.close(self.write_fd)  # The watcher's read ends.
+    os.close(self.read_fd)
 
 
 class _SigtermWatch:
@@ -109,10 +196,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mngr, state: Any, st
   data = batches(start)
   watch = _SigtermWatch()
   profile = _Profile(t.get('profile_steps', 0), start, total, workdir)
+  skips = SkipCounter(start * t.batch_size // jax.process_count(),
+                      config.data.get('max_corrupt_fraction', 0.0))
   try:
     with watch:
       for step in range(start, total):
-        batch = sharding.global_batch(next(data), mesh)
+        batch = sharding.global_batch(skips.take(next(data)), mesh)
         if step == start:
           _measure_utilization(report, step_fn, state, batch, mesh)
         profile.before(step)
@@ -121,7 +210,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mngr, state: Any, st
         report.step_done(step, metrics)
         done = step + 1
         preempted = watch.stop_at(done)
-        if done % t.checkpoint_every_steps == 0 or done == total or preempted:
+        save = done % t.checkpoint_every_steps == 0 or done == total or preempted
+        if save or done % report.check_every == 0:  # The same steps on every host.
+          if skips.agree(done):
+            report.note = f'{skips.skipped} undecodable record(s) skipped'
+        if save:
           report.check_finite()  # Never save a NaN state over a good one.
           checkpointing.save(mngr, done, state)
         if preempted:
@@ -146,7 +239,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mngr, state: Any, st
   seconds = report.seconds()
   mngr.wait_until_finished()
   mngr.close()
-  return Result(state, report.last, seconds, start)
+  return Result(state, report.last, seconds, start, skips.skipped)
 
 
 def _measure_utilization(report: progress.Reporter, step_fn, state, batch, mesh) -> None:

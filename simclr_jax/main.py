@@ -130,7 +130,7 @@ def main(argv):
   except loop.Preempted as e:
     progress.say(str(e))
     sys.exit(EXIT_PREEMPTED)
-  except progress.NonFiniteLossError as e:
+  except (progress.NonFiniteLossError, checkpointing.RestoreError, loop.CorruptDataError) as e:
     _fail(str(e), code=1)
 
 

@@ -57,6 +57,7 @@ class Reporter:
     self.unreported: list[tuple[int, dict]] = []  # Fetched, not yet averaged into a report.
     self.nonfinite_step = None  # First step seen with a non-finite loss (same on every host).
     self.last: dict[str, float] = {}
+    self.note = ''  # Appended to every progress line when set (e.g. skipped records).
     self.t_last = self.t_start = time.time()
     self.step_last = start
 
@@ -116,7 +117,8 @@ class Reporter:
     self.writer.write_scalars(done, {f'train/{k}': v for k, v in last.items()})
     say(f'[{done:>{len(str(self.total))}}/{self.total}] {self.describe(last)} '
         f'{rate:,.0f} {self.unit} ({rate / self.num_devices:,.0f}/device){mfu} '
-        f'ETA {format_eta(eta)}' + (' (includes compilation)' if first else ''))
+        f'ETA {format_eta(eta)}' + (' (includes compilation)' if first else '')
+        + (f'; {self.note}' if self.note else ''))
     self.last = last
     self.t_last, self.step_last = now, done
 

@@ -39,6 +39,8 @@ from simclr_jax.data import input_pipeline
 
 RESULTS_FILE = 'results.json'
 EMBEDDINGS_FILE = 'embeddings.png'
+EVAL_HISTORY_FILE = 'eval_history.json'  # Every evaluation of the run, across restarts.
+KNN_BANK_FILE = 'knn_bank.json'  # The kNN bank's positions: its label pass runs once per run.
 
 
 make_init_fn = steps.make_init_fn  # Kept here for callers; defined beside the state it builds.
@@ -88,20 +90,41 @@ def pretrain(config, workdir, info, mesh, init_fn, writer, eval_fn=None) -> loop
       eval_every=eval_every_steps(config, info.num_train) if eval_fn is not None else 0)
 
 
-def knn_bank(config: ml_collections.ConfigDict, info) -> Optional[np.ndarray]:
-  """Stored positions of the kNN bank in the probe split (knn.bank_indices), or None for the
-  whole split. A subset needs the split's labels: one label-only pass over it, shared out over
-  the processes, before training."""
+def knn_bank(config: ml_collections.ConfigDict, info, workdir: str
+             ) -> tuple[Optional[np.ndarray], Optional[dict]]:
+  """(stored positions of the kNN bank in the probe split (knn.bank_indices), or None for the
+  whole split; a summary {'split', 'size', 'per_class': [min, max]} or None).
+
+  A subset needs the split's labels: one label-only pass over it, shared out over the
+  processes, before training; its result is kept in workdir/knn_bank.json, so a restart reads
+  that instead (process 0 reads, every process gets the same bank)."""
   e, split = config.eval, input_pipeline.probe_split(config)
   if e.knn_bank_size <= 0 or e.knn_bank_size >= info.num_probe_train:
-    return None
-  labels = evaluate.split_labels(config, split, info.num_probe_train)
-  input_pipeline.check_labels(labels, info.num_classes, f'kNN bank split {split!r}')
-  indices = knn.bank_indices(labels, e.knn_bank_size, info.num_classes)
+    return None, None
+  key = {'dataset': info.name, 'split': split, 'num_examples': info.num_probe_train,
+         'bank_size': e.knn_bank_size, 'num_classes': info.num_classes}
+  path = epath.Path(workdir) / KNN_BANK_FILE
+
+  def cached():
+    if not path.exists():
+      return None
+    saved = json.loads(path.read_text())
+    return saved if saved.get('key') == key else None
+
+  saved = cluster.process_0_does(cached, f'reading {path}')
+  if saved is None:
+    labels = evaluate.split_labels(config, split, info.num_probe_train)
+    input_pipeline.check_labels(labels, info.num_classes, f'kNN bank split {split!r}')
+    indices = knn.bank_indices(labels, e.knn_bank_size, info.num_classes)
+    counts = np.bincount(labels[indices], minlength=info.num_classes)
+    saved = {'key': key, 'indices': indices.tolist(),
+             'per_class': [int(counts.min()), int(counts.max())]}
+    cluster.process_0_does(lambda: path.write_text(json.dumps(saved)), f'writing {path}')
+  indices = np.asarray(saved['indices'], np.int64)
   per_class = max(1, e.knn_bank_size // info.num_classes)
   progress.say(f'kNN bank: {len(indices):,} of the {info.num_probe_train:,} examples of '
                f'{split!r} (the first {per_class} of each class).')
-  return indices
+  return indices, {'split': split, 'size': len(indices), 'per_class': saved['per_class']}
 
 
 def monitor(config, info, mesh, outputs_fn, variables, bank_indices=None
@@ -163,8 +186,9 @@ def evaluate_representations(config, info, mesh, init_fn, outputs_fn, variables,
   def features(embed):
     return tuple(evaluate.extract_sharded(config, s, n, mesh, embed) for s, n in splits)
 
-  train = (monitored['bank'] if bank_indices is None else
-           features(lambda x: outputs_fn(variables, x)['features'])[0])
+  train = (monitored['bank'] if bank_indices is None else  # The eval split is monitored's.
+           evaluate.extract_sharded(config, split, info.num_probe_train, mesh,
+                                    lambda x: outputs_fn(variables, x)['features']))
   probes = {'simclr': probe(train, monitored['eval'])}
   nbrs = {'simclr': monitored['knn']}
   del train
@@ -196,9 +220,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise validation.ConfigError(
         f'config.train.batch_size={config.train.batch_size} is invalid; allowed: at most the '
         f'{info.num_train} examples of {info.name} {config.data.train_split!r}.')
-  checkpointing.check_resume_config(workdir, config, allow_config_change)
+  # Whether every host can write and see the workdir comes first: a host that sees another
+  # directory would otherwise take other decisions about what it holds.
   checkpointing.check_workdir_writable(workdir)
   cluster.check_shared_workdir(workdir)
+  checkpointing.check_resume_config(workdir, config, allow_config_change)
   mesh = sharding.make_mesh()
   model = models.build_model(config, info.num_classes)
   checkpointing.write_config(workdir, config)
@@ -209,22 +235,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   init_fn = make_init_fn(config, model, optim.create_optimizer(config, info.num_train), mesh)
   outputs_fn = evaluate.make_outputs_fn(model.apply, mesh)
-  bank_indices = knn_bank(config, info)
-  history = []
+  bank_indices, bank = knn_bank(config, info, workdir)
+  history = EvalHistory(workdir)
 
   def eval_fn(state, step):
     metrics, monitored = monitor(config, info, mesh, outputs_fn, _variables(state), bank_indices)
     log_eval(writer, step, metrics, config.eval.knn_k)
-    history.append(dict(metrics, step=step))
+    history.add(dict(metrics, step=step))
     return monitored
 
   run = pretrain(config, workdir, info, mesh, init_fn, writer, eval_fn)
   state, last, train_seconds = run.state, run.last_metrics, run.train_seconds
   step = int(jax.device_get(state.step))
-  progress.say('Pretraining done; evaluating the online probe, kNN and linear probes on frozen '
-               'features...')
+  with loop.exit_on_sigterm(
+      f'SIGTERM during the final evaluation: pretraining is finished and its checkpoint of '
+      f'step {step} is saved in {workdir}/checkpoints; exiting at once, without results. Rerun '
+      'the same command to evaluate (no step is trained again).'):
+    progress.say('Pretraining done; evaluating the online probe, kNN and linear probes on '
+                 'frozen features...')
+    results = _evaluate_and_report(config, info, mesh, init_fn, outputs_fn, state, eval_fn,
+                                   history, bank_indices, bank, writer)
+  results.update(final_train_metrics=last, train_seconds=train_seconds,
+                 skipped_records=run.skipped_records, wall_clock_seconds=time.time() - t0)
+  _write_results(config, workdir, info, results, step)
+  progress.say(format_table(results))
+  return results
+
+
+def _evaluate_and_report(config, info, mesh, init_fn, outputs_fn, state, eval_fn, history,
+                         bank_indices, bank, writer) -> dict[str, Any]:
+  """The final evaluation of `state`: monitors, probes and kNN; returns the results dict (the
+  embedding plot's points under '_plot')."""
+  step = int(jax.device_get(state.step))
   monitored = eval_fn(state, step)
-  final = history[-1]
+  final = history.entries[-1]
   probes, nbrs = evaluate_representations(config, info, mesh, init_fn, outputs_fn,
                                           _variables(state), monitored, bank_indices)
   for name, r in probes.items():
@@ -235,28 +279,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       'config_name': config.name, 'dataset': info.name, 'eval_split': config.data.eval_split,
       'probe_train_split': input_pipeline.probe_split(config),
       'checkpoint_step': step, 'examples_evaluated': final['examples_evaluated'],
-      'linear_probe': probes, 'knn': nbrs,
+      'linear_probe': probes, 'knn': nbrs, 'knn_bank': bank,
       'online_probe': {k: final[f'online_probe_{k}'] for k in ('top1', 'top5')
                        if f'online_probe_{k}' in final},
-      'eval_history': history,
-      'final_train_metrics': last, 'train_seconds': train_seconds,
-      'wall_clock_seconds': time.time() - t0,
+      'eval_history': history.entries,
   }
   points = config.eval.embedding_plot_points
   if points > 0:  # Every process takes part in gathering the plotted rows; process 0 plots.
     wanted = plots.subsample(info.num_eval, points, config.seed)
-    h, y = evaluate.gather_rows(
+    results['_plot'] = evaluate.gather_rows(
         monitored['eval'], np.arange(info.num_eval) if wanted is None else wanted, mesh)
-  if jax.process_index() == 0:
+  return results
+
+
+def _write_results(config, workdir, info, results, step) -> None:
+  """results.json and embeddings.png (process 0; its failure stops every process alike)."""
+  plot = results.pop('_plot', None)
+
+  def write():
     (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-    if points > 0:
+    if plot is not None:
       plots.embeddings_png(
-          h, y, str(epath.Path(workdir) / EMBEDDINGS_FILE),
+          *plot, str(epath.Path(workdir) / EMBEDDINGS_FILE),
           title=f'SimCLR encoder features, {info.name} {config.data.eval_split} split, '
                 f'step {step}',
           max_points=config.eval.embedding_plot_points, seed=config.seed)
-  progress.say(format_table(results))
-  return results
+
+  cluster.process_0_does(write, f'writing {workdir}/{RESULTS_FILE}')
+
+
+class EvalHistory:
+  """Every evaluation of a run, kept in workdir/eval_history.json across restarts (process 0
+  reads and writes it; every process holds the same entries). An evaluation repeated after a
+  resume replaces the earlier one of the same step."""
+
+  def __init__(self, workdir: str):
+    self.path = epath.Path(workdir) / EVAL_HISTORY_FILE
+    self.entries = cluster.process_0_does(
+        lambda: json.loads(self.path.read_text()) if self.path.exists() else [],
+        f'reading {self.path}')
+
+  def add(self, entry: dict[str, Any]) -> None:
+    by_step = {e['step']: e for e in self.entries}
+    by_step[entry['step']] = entry
+    self.entries = [by_step[s] for s in sorted(by_step)]
+    cluster.process_0_does(lambda: self.path.write_text(json.dumps(self.entries, indent=1)),
+                           f'writing {self.path}')
 
 
 def format_table(results: dict[str, Any]) -> str:

@@ -73,6 +73,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
          'None (= data.train_split) or the name of a labelled split')
   _check(e.embedding_plot_points >= 0, 'eval.embedding_plot_points', e.embedding_plot_points,
          'an integer >= 0 (0 = no plot)')
+  _check(0 <= d.get('max_corrupt_fraction', 0.0) <= 1, 'data.max_corrupt_fraction',
+         d.get('max_corrupt_fraction'), '[0, 1] (0 = stop at the first undecodable record)')
   _check(d.image_size >= 8, 'data.image_size', d.image_size, 'an integer >= 8 (paper 224; CIFAR 32)')
   _check(0 < a.crop_area_min <= 1, 'aug.crop_area_min', a.crop_area_min, '(0, 1]; paper 0.08')
   _check(0 <= a.color_jitter_strength <= 1.25, 'aug.color_jitter_strength',

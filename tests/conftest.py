@@ -32,3 +32,11 @@ def tfds_files_dir(tmp_path_factory):
   """The same data set written as 4 files per split (file-sharded, file-shuffled reading)."""
   import tiny_tfds  # pylint: disable=g-import-not-at-top
   return tiny_tfds.prepare(str(tmp_path_factory.mktemp('tfds_files')), num_shards=4)
+
+
+@pytest.fixture(scope='session')
+def tfds_shards_dir(tmp_path_factory):
+  """tests/tiny_tfds.py's `simclr_tiny_shards`: 4 files per split, a few corrupt train records."""
+  import tiny_tfds  # pylint: disable=g-import-not-at-top
+  return tiny_tfds.prepare(str(tmp_path_factory.mktemp('tfds_shards')), num_shards=4,
+                           name=tiny_tfds.SHARDS_NAME)

@@ -359,3 +359,52 @@ def test_batch_must_split_over_processes_and_fit_the_share(tfds_dir, tfds_files_
   c = _file_config(tfds_files_dir, 8)
   with pytest.raises(ValueError, match='data.cache=True'):
     input_pipeline.train_dataset(c, process_index=0, process_count=8)  # 4 files, 8 processes.
+
+
+# ---- stored order across files, and undecodable records ----
+
+
+def test_tfds_reads_are_in_stored_order_across_files(tfds_shards_dir):
+  """Labels, eval batches and the in-memory copy follow the files' stored order (TFDS's own
+  reader interleaves 16 files in blocks of 16 unless told not to): the kNN bank and label
+  fractions built on them are exactly class-balanced by the TRUE labels, for 1, 2, 4 processes."""
+  from simclr_jax import knn  # pylint: disable=g-import-not-at-top
+  from simclr_jax.data import supervised  # pylint: disable=g-import-not-at-top
+  c = _config(tiny_tfds.SHARDS_NAME, tfds_shards_dir)
+  truth = tiny_tfds.stored_labels(tfds_shards_dir, tiny_tfds.SHARDS_NAME, 'probe')
+  assert len(truth) == tiny_tfds.N_PROBE
+  for pc in (1, 2, 4):
+    got = np.concatenate([input_pipeline.split_labels(c, 'probe', process_index=p,
+                                                      process_count=pc) for p in range(pc)])
+    np.testing.assert_array_equal(got, truth, err_msg=f'{pc} process(es)')
+  bank = knn.bank_indices(input_pipeline.split_labels(c, 'probe'), 100, N_CLASSES)
+  np.testing.assert_array_equal(np.bincount(truth[bank], minlength=N_CLASSES), [20] * 5)
+  subset = supervised.label_subset(input_pipeline.split_labels(c, 'probe'), 0.1)
+  np.testing.assert_array_equal(np.bincount(truth[subset], minlength=N_CLASSES), [20] * 5)
+  for pi in range(2):  # Eval batches: each example's label is the one stored at its index.
+    for batch in input_pipeline.eval_batches(c, 'probe', global_batch=64, process_index=pi,
+                                             process_count=2):
+      real = batch['mask'] > 0
+      np.testing.assert_array_equal(batch['label'][real], truth[batch['index'][real]])
+  c.data.cache = True
+  np.testing.assert_array_equal(input_pipeline.load_split(c, 'probe')['label'], truth)
+
+
+@pytest.mark.parametrize('cache', [True, False])
+def test_undecodable_training_records_are_skipped_and_counted(tfds_shards_dir, cache):
+  """4 of the 64 train records are not images: the stream drops exactly them (every good
+  record appears once per epoch) and 'seq' leaves one gap per dropped record."""
+  c = _config(tiny_tfds.SHARDS_NAME, tfds_shards_dir, batch=20, aug=False)
+  c.data.cache = cache
+  good = tiny_tfds.N_SHARD_TRAIN - len(tiny_tfds.CORRUPT_IDS)
+  batches = _take(input_pipeline.train_dataset(c, process_index=0, process_count=1), 6)
+  ids = np.concatenate([tiny_tfds.ids_of(b['views']) for b in batches])
+  assert len(ids) == 2 * good  # Two epochs of the good records.
+  assert not set(ids.ravel()) & set(tiny_tfds.CORRUPT_IDS)
+  for epoch in (ids[:good], ids[good:]):
+    np.testing.assert_array_equal(np.sort(epoch[:, 0]),
+                                  sorted(set(range(64)) - set(tiny_tfds.CORRUPT_IDS)))
+  seq = np.concatenate([b['seq'] for b in batches])
+  assert np.all(np.diff(seq) > 0) and seq[0] >= 0
+  gaps = int(seq[-1]) + 1 - len(seq)  # Records read minus records kept.
+  assert 4 <= gaps <= 8, gaps  # Epoch 1's four, and those of epoch 2 read so far.

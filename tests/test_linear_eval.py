@@ -25,6 +25,7 @@ from configs import imagenet_finetune_1pct
 from configs import imagenet_linear_eval
 from configs import linear_eval as linear_eval_config
 from configs import test as test_config
+from simclr_jax import evaluate
 from simclr_jax import linear_eval
 from simclr_jax import models
 from simclr_jax import sharding
@@ -196,12 +197,9 @@ def test_label_subset_is_class_balanced_and_deterministic():
   with pytest.raises(ValueError, match='label_fraction'):
     supervised.label_subset(labels, 0.0)
   config = default.get_config()
-  config.data.label_fraction = 0.1
-  idx = supervised.train_indices(config)
-  np.testing.assert_array_equal(np.bincount(supervised.split_labels(config, 'train')[idx]),
-                                [40] * 10)  # 10% of 400 digits of each class.
-  config.seed = 7  # The labelled subset does not depend on the run's seed.
-  np.testing.assert_array_equal(supervised.train_indices(config), idx)
+  labels = evaluate.split_labels(config, 'train', 4000)
+  idx = supervised.label_subset(labels, 0.1)
+  np.testing.assert_array_equal(np.bincount(labels[idx]), [40] * 10)  # 10% of 400 per class.
 
 
 @pytest.mark.parametrize('cache', [True, False])
@@ -215,7 +213,7 @@ def test_labelled_stream_holds_exactly_the_kept_examples(tfds_dir, tfds_files_di
   config.data.label_fraction = 0.5
   config.aug.crop = False  # Constant channels stay constant: every view names its example.
   config.train.batch_size = 6
-  idx = supervised.train_indices(config)
+  idx = supervised.label_subset(evaluate.split_labels(config, 'train', tiny_tfds.N_TRAIN), 0.5)
   assert len(idx) == 20  # Classes of 8, 8, 7, 7, 7 keep round(0.5 n) = 4 each.
   ds = supervised.train_dataset(config, process_index=0, process_count=1, indices=idx)
   batches = list(ds.take(3 * 20 // 6).as_numpy_iterator())  # Three epochs.
@@ -301,3 +299,19 @@ def test_feature_batches_each_example_once_per_global_batch(pc):
     assert all(len(g['label']) == 8 // pc for g in got)
     np.testing.assert_array_equal(np.concatenate([g['label'] for g in got]), want['label'])
     assert len(set(want['label'])) == 8
+
+
+def test_precomputed_features_that_would_not_fit_a_host_are_refused_before_anything_runs():
+  """ImageNet's train + val features of a ResNet-50 (1,331,167 x 2048 float32 = 10.9 GB) would
+  be gathered to every host: refused with one line; a CIFAR-sized set passes."""
+  from simclr_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = imagenet_linear_eval.get_config()
+  config.linear_eval.precompute_features = True
+  model = linear_eval.build_classifier(config, 1000)
+  imagenet = input_pipeline.DatasetInfo('imagenet2012', 1_281_167, 50_000, 1000)
+  with pytest.raises(validation.ConfigError) as e:
+    linear_eval.check_feature_size(config, model, imagenet)
+  assert '10.9 GB' in str(e.value) and '1,331,167 examples x 2048' in str(e.value)
+  assert 'precompute_features=False' in str(e.value)
+  linear_eval.check_feature_size(config, model, input_pipeline.DatasetInfo('c', 50_000, 10_000,
+                                                                           10))

@@ -125,7 +125,10 @@ def test_rerun_resumes_from_latest_checkpoint(trained, tmp_path, capsys):
   assert results['checkpoint_step'] == 8
   loss = _scalars(workdir, 'train/contrast_loss')
   assert 7 in loss and 8 in loss
-  assert [h['step'] for h in results['eval_history']] == [7, 8]
+  # The whole history across the restart: the first run's final evaluation (step 6) is kept.
+  assert [h['step'] for h in results['eval_history']] == [6, 7, 8]
+  assert json.load(open(os.path.join(workdir, train.EVAL_HISTORY_FILE))) == \
+      results['eval_history']
   for h in results['eval_history']:
     assert h['examples_evaluated'] == 1000  # Every test example exactly once.
   assert results['knn']['simclr']['num_train'] == 4000  # The whole train split is the bank.

@@ -62,6 +62,48 @@ class SimclrTinyUnlabelled(SimclrTinyShapes):
       yield i, {'image': _tiny_example(i, 2)[0], 'label': -1}
 
 
+SHARDS_NAME = 'simclr_tiny_shards'
+N_SHARD_TRAIN, N_PROBE, N_SHARD_TEST = 64, 1000, 200
+CORRUPT_IDS = (5, 22, 41, 60)  # Train records whose image bytes are not an image.
+
+
+class SimclrTinyShards(SimclrTinyShapes):
+  """Several files per split (prepare it with num_shards=4) of up to a few hundred records:
+  'train' 64 images as SimclrTinyShapes' (ids in the red channel), of which CORRUPT_IDS hold
+  bytes that no decoder accepts (as a damaged record of a real set); 'probe' 1,000 and 'test'
+  200 clean images, labelled. TFDS stores examples in an order of its own (shuffled by key)."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {'train': self._train(), 'probe': self._generate_examples(N_PROBE, 3),
+            'test': self._generate_examples(N_SHARD_TEST, 4)}
+
+  def _train(self):
+    for i in range(N_SHARD_TRAIN):
+      image, label = _tiny_example(i, 0)
+      yield i, {'image': b'\x89PNG\r\n\x1a\n damaged' if i in CORRUPT_IDS else image,
+                'label': label}
+
+  def _generate_examples(self, n, salt):
+    for i in range(n):  # Small images: the set is about its files, not its pixels.
+      image = np.random.RandomState(1000 * salt + i).randint(0, 256, (6, 6, 3)).astype(np.uint8)
+      yield i, {'image': image, 'label': (i * 7 + salt) % N_CLASSES}
+
+
+def stored_labels(data_dir: str, name: str, split: str) -> np.ndarray:
+  """Labels of `split` in stored order, read straight from its TFRecord files in the order TFDS
+  lists them (file by file): the ground truth, independent of TFDS's reader and ours."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder(name, data_dir=data_dir)
+  out = []
+  for f in builder.info.splits[split].file_instructions:
+    for rec in tf.data.TFRecordDataset(f.filename).skip(f.skip).take(f.take):
+      ex = tf.io.parse_single_example(rec, {'label': tf.io.FixedLenFeature([], tf.int64)})
+      out.append(int(ex['label']))
+  return np.asarray(out, np.int32)
+
+
 def ids_of(views):
   """Example ids of [..., H, W, 3] uint8 views of SimclrTinyShapes (red = 4 id + 1)."""
   red = views[..., 0].reshape(views.shape[:-3] + (views.shape[-3] * views.shape[-2],))
@@ -74,7 +116,7 @@ def prepare(data_dir: str, num_shards: int | None = None, name: str = NAME) -> s
   """download_and_prepare() into data_dir (no network: nothing is downloaded); returns it.
 
   `num_shards`: files per split (TFDS picks 1 for a set this small), to test file sharding.
-  `name`: NAME or UNLABELLED_NAME.
+  `name`: NAME, UNLABELLED_NAME or SHARDS_NAME.
   """
   builder = tfds.builder(name, data_dir=data_dir)
   builder.download_and_prepare(download_dir=f'{data_dir}/downloads',

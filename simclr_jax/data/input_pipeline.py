@@ -172,7 +172,6 @@ def split_labels(config: ml_collections.ConfigDict, split: str, *, process_index
       return labels[:limit]
     lo, hi = shard_bounds(len(labels), process_index, process_count)
     return labels[lo:hi]
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = _tfds_builder(config)
   _check_split(config, builder, split)
   n = builder.info.splits[split].num_examples
@@ -180,10 +179,20 @@ def split_labels(config: ml_collections.ConfigDict, split: str, *, process_index
                                                                      process_count)
   if hi <= lo:
     return np.zeros((0,), np.int32)
-  ds = builder.as_dataset(split=f'{split}[{lo}:{hi}]', shuffle_files=False,
-                          decoders={'image': tfds.decode.SkipDecoding()})
+  ds = stored_order(builder, f'{split}[{lo}:{hi}]')
   ds = ds.map(lambda ex: tf.cast(ex['label'], tf.int32), num_parallel_calls=tf.data.AUTOTUNE)
   return np.fromiter(ds.as_numpy_iterator(), np.int32, count=hi - lo)
+
+
+def stored_order(builder, split: str) -> tf.data.Dataset:
+  """TFDS examples of `split` (e.g. 'train[100:200]') in the order they are stored, images as
+  encoded bytes. `shuffle_files=False` alone is not enough: TFDS still interleaves 16 files in
+  blocks of 16 records unless the set was built with disable_shuffling, which would permute
+  the positions that kNN banks, label fractions and eval indices refer to."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return builder.as_dataset(
+      split=split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(interleave_cycle_length=1))
 
 
 def shard_bounds(n: int, process_index: int, process_count: int) -> tuple[int, int]:
@@ -214,9 +223,7 @@ def _read_range(config: ml_collections.ConfigDict, split: str, lo: int, hi: int
   if config.data.dataset == embedded.NAME:
     images, labels = embedded.load(split)
     return tf.data.Dataset.from_tensor_slices({'image': images[lo:hi], 'label': labels[lo:hi]})
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  ds = _tfds_builder(config).as_dataset(split=f'{split}[{lo}:{hi}]', shuffle_files=False,
-                                        decoders={'image': tfds.decode.SkipDecoding()})
+  ds = stored_order(_tfds_builder(config), f'{split}[{lo}:{hi}]')
 
   def decode(ex):
     image = tf.io.decode_image(ex['image'], channels=3, expand_animations=False)
@@ -274,20 +281,33 @@ def per_process_batch(global_batch: int, process_count: int) -> int:
 
 def train_dataset(config: ml_collections.ConfigDict, *, process_index: int, process_count: int,
                   start_step: int = 0) -> tf.data.Dataset:
-  """Infinite stream of host-local batches {'views': uint8 [b,2,H,W,3], 'label': int32 [b]}."""
+  """Infinite stream of host-local batches {'views': uint8 [b,2,H,W,3], 'label': int32 [b],
+  'seq': int64 [b]} ('seq': see skip_undecodable)."""
   b = per_process_batch(config.train.batch_size, process_count)
   # Encoded images reach the augmentation undecoded: it decodes only the crop windows it needs.
   ds, stream_id = training_stream(config, config.data.train_split, process_index=process_index,
                                   process_count=process_count, start_step=start_step,
                                   decode=JPEG_DECODE == 'whole')
   views_fn = make_views_fn(config, stream_id)
-
-  def two_views(t, ex):
-    return {'views': views_fn(t, ex['image']), 'label': ex['label']}
-
-  ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = skip_undecodable(
+      ds, lambda t, ex: {'views': views_fn(t, ex['image']), 'label': ex['label']},
+      first=start_step * b)
   ds = ds.batch(b, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def skip_undecodable(stream: tf.data.Dataset, fn, first: int) -> tf.data.Dataset:
+  """fn(t, example) -> dict over a training stream, dropping the elements whose image fails to
+  decode (a corrupt record stops no host); each kept element gets 'seq' int64, its position in
+  this process's stream counted from `first` (= start_step x per-process batch), so the loop
+  counts what was skipped from the gaps (loop.SkipCounter). Skipped records are not replaced:
+  a resume re-reads as many records as were skipped before it."""
+  def apply(seq, item):
+    t, ex = item
+    return dict(fn(t, ex), seq=seq)
+  ds = stream.enumerate(start=first).map(apply, num_parallel_calls=tf.data.AUTOTUNE,
+                                          deterministic=True)
+  return ds.ignore_errors()
 
 
 def in_memory(config: ml_collections.ConfigDict) -> bool:
@@ -355,9 +375,7 @@ def _decoded(ex: dict, decode: bool = True) -> dict:
 @functools.lru_cache(maxsize=4)
 def _load_tfds_split(dataset: str, data_dir: Optional[str], split: str) -> dict:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder(dataset, data_dir=data_dir)
-  ds = builder.as_dataset(split=split, shuffle_files=False,
-                          decoders={'image': tfds.decode.SkipDecoding()})
+  ds = stored_order(tfds.builder(dataset, data_dir=data_dir), split)
   images, labels = [], []
   for ex in ds.as_numpy_iterator():
     images.append(ex['image'])

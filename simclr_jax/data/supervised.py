@@ -21,7 +21,6 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_jax.data import augment
-from simclr_jax.data import embedded
 from simclr_jax.data import input_pipeline
 
 LABEL_FRACTION_SEED = 20200213  # Fixed: the labelled subset is part of the data set, not the run.
@@ -45,27 +44,10 @@ def label_subset(labels: np.ndarray, fraction: float) -> np.ndarray:
   return np.sort(np.concatenate(keep))
 
 
-def split_labels(config: ml_collections.ConfigDict, split: str) -> np.ndarray:
-  """Labels int32 [n] of the whole split in stored order (reads the split once; no decoding)."""
-  if config.data.dataset == embedded.NAME:
-    return embedded.load(split)[1]
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = input_pipeline._tfds_builder(config)  # pylint: disable=protected-access
-  ds = builder.as_dataset(split=split, shuffle_files=False,
-                          decoders={'image': tfds.decode.SkipDecoding()})  # Images stay bytes.
-  return np.fromiter(ds.map(lambda ex: ex['label']).as_numpy_iterator(), np.int32)
-
-
-def train_indices(config: ml_collections.ConfigDict) -> Optional[np.ndarray]:
-  """Kept train-split indices under config.data.label_fraction, or None for the whole split."""
-  if config.data.label_fraction == 1:
-    return None
-  return label_subset(split_labels(config, config.data.train_split), config.data.label_fraction)
-
-
 def train_dataset(config: ml_collections.ConfigDict, *, process_index: int, process_count: int,
                   start_step: int = 0, indices: Optional[np.ndarray] = None) -> tf.data.Dataset:
-  """Infinite stream of host-local batches {'image': uint8 [b,S,S,3], 'label': int32 [b]}.
+  """Infinite stream of host-local batches {'image': uint8 [b,S,S,3], 'label': int32 [b],
+  'seq': int64 [b]} (input_pipeline.skip_undecodable).
 
   `indices`: kept examples of the whole train split in stored order (None = all). The order
   follows input_pipeline.training_stream (global for in-memory splits, file shards otherwise).
@@ -84,5 +66,5 @@ def train_dataset(config: ml_collections.ConfigDict, *, process_index: int, proc
         crop=a.crop, flip=a.flip, area_min=a.crop_area_min)
     return {'image': tf.cast(tf.round(image * 255.0), tf.uint8), 'label': ex['label']}
 
-  ds = ds.map(view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = input_pipeline.skip_undecodable(ds, view, first=start_step * b)
   return ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
