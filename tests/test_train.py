@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from configs import test as test_config
 from simclr_jax import checkpointing
+from simclr_jax import evaluate
 from simclr_jax import train
 from simclr_jax.data import input_pipeline
 import tiny_tfds  # pylint: disable=g-bad-import-order
@@ -186,3 +187,39 @@ def test_unlabelled_probe_split_fails_before_training(unlabelled_dir, tmp_path):
   assert "'unlabelled'" in str(e.value) and 'found -1..-1' in str(e.value)
   assert not os.path.exists(tmp_path / 'checkpoints')
   assert not os.path.exists(tmp_path / 'config.json')
+
+
+def test_knn_bank_label_pass_runs_once_per_run(tmp_path, monkeypatch):
+  """The bank's label pass is kept in the workdir: a restart reads it instead of the split."""
+  config = test_config.get_config()
+  config.eval.knn_bank_size = 500
+  info = input_pipeline.get_info(config)
+  first, summary = train.knn_bank(config, info, str(tmp_path))
+  assert len(first) == 500 and summary['per_class'] == [50, 50]
+  labels = evaluate.split_labels(config, 'train', 4000)
+  np.testing.assert_array_equal(np.bincount(labels[first]), [50] * 10)
+  monkeypatch.setattr(evaluate, 'split_labels', lambda *a, **k: pytest.fail('label pass rerun'))
+  again, _ = train.knn_bank(config, info, str(tmp_path))
+  np.testing.assert_array_equal(again, first)
+  config.unlock()
+  config.eval.knn_bank_size = 300  # Another bank: the cache does not apply.
+  monkeypatch.undo()
+  assert len(train.knn_bank(config, info, str(tmp_path))[0]) == 300
+
+
+def test_final_probes_extract_only_the_probe_split_again(monkeypatch):
+  """With a kNN bank subset the final linear probe needs the whole probe split's features; the
+  eval split's come from the monitor (before: both splits were extracted, one thrown away)."""
+  config = test_config.get_config()
+  config.eval.baselines = False
+  info = input_pipeline.DatasetInfo('embedded_mnist', 4000, 1000, 10, 4000)
+  extracted = []
+  monkeypatch.setattr(evaluate, 'extract_sharded',
+                      lambda cfg, split, *a, **k: extracted.append(split) or split)
+  monkeypatch.setattr(evaluate, 'linear_probe_sharded', lambda train_, ev, **k: (train_, ev))
+  probes, _ = train.evaluate_representations(
+      config, info, None, None, lambda v, x: {'features': x}, {}, {'eval': 'monitored eval',
+                                                                   'knn': {}},
+      bank_indices=np.arange(10))
+  assert extracted == ['train']
+  assert probes['simclr'] == ('train', 'monitored eval')
