@@ -30,7 +30,9 @@ INSTALL_REQUIRES = [
 ]
 
 # PyTorch for loading torchvision-named exports; the export tests run a torchvision-layout ResNet.
-# The CPU wheel; torchvision itself is not needed (tests/torch_resnet.py holds the architecture).
+# From the public index this is the CUDA build; for the CPU wheel add
+# --extra-index-url https://download.pytorch.org/whl/cpu. torchvision itself is not needed
+# (tests/helpers/torch_resnet.py holds the architecture).
 TORCH = ['torch==2.13.0']
 
 setuptools.setup(
@@ -40,7 +42,7 @@ setuptools.setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=setuptools.find_packages(include=['simclr_jax', 'simclr_jax.*']),
-    python_requires='>=3.10',
+    python_requires='>=3.11',  # jax 0.10.2 and flax 0.12.8 need it.
     install_requires=INSTALL_REQUIRES,
     # nbclient/nbformat/ipykernel: tests/test_load.py executes notebooks/load_checkpoint.ipynb
     # (ipykernel's wheel installs the 'python3' kernel spec into the venv itself).
@@ -48,5 +50,7 @@ setuptools.setup(
     extras_require={'test': ['pytest==9.2.0', 'pytest-xdist==3.8.0', 'nbclient==0.11.0',
                              'nbformat==5.11.1',
                              'ipykernel==7.4.0'] + TORCH,
-                    'torch': TORCH},
+                    'torch': TORCH,
+                    # notebooks/load_checkpoint.ipynb in Jupyter.
+                    'notebook': ['notebook>=7', 'ipykernel==7.4.0']},
 )

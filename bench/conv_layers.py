@@ -7,7 +7,7 @@ Why: `train_step.py --sections=reference` says how far apart whole steps are; th
 The convolutions are recorded from the model itself (an abstract trace of `models.build_model`,
 so the list, shapes, strides and padding are the real ones) and each distinct one is timed
 alone, forward, input gradient (dX) and weight gradient (dW), as jitted JAX functions through the
-convolution the model uses on this backend (`model.conv_impl`, 'auto': `cpu_conv.conv` on CPU)
+convolution the model uses on this backend (`model.conv_impl`, 'auto': `kernels.conv` on CPU)
 and as PyTorch's aten convolution / convolution_backward on channels_last tensors (the layout
 PyTorch's CPU convolutions are fastest in). Rows alternate ours / PyTorch within each round;
 totals weight each row by how often the model has it. The first layer's dX is not computed (a
@@ -37,14 +37,15 @@ def record_layers(depth: int, image_size: int, views: int, width: float = 1.0) -
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
   from simclr_jax import models  # pylint: disable=g-import-not-at-top
-  from simclr_jax.models import cpu_conv  # pylint: disable=g-import-not-at-top
+  from simclr_jax.cpu import ops as cpu_ops  # pylint: disable=g-import-not-at-top
+  from simclr_jax.cpu import kernels  # pylint: disable=g-import-not-at-top
   c = default.get_config()
   c.model.resnet_depth, c.model.width_multiplier = depth, width
   c.data.image_size, c.model.conv_impl = image_size, 'matmul_grad'  # Routes every conv here.
-  model = models.build_model(c, 10)
+  model = models.build_model(c, 10, ops=cpu_ops.model_ops(c))
   images = jax.ShapeDtypeStruct((views, image_size, image_size, 3), jnp.float32)
   seen = collections.OrderedDict()
-  real = cpu_conv.conv
+  real = kernels.conv
 
   def recording(x, w, strides, padding):
     key = (tuple(x.shape), tuple(w.shape), tuple(strides), tuple(padding),
@@ -52,11 +53,11 @@ def record_layers(depth: int, image_size: int, views: int, width: float = 1.0) -
     seen[key] = seen.get(key, 0) + 1
     return real(x, w, strides, padding)
 
-  cpu_conv.conv = recording
+  kernels.conv = recording
   try:
     jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=True), images)
   finally:
-    cpu_conv.conv = real
+    kernels.conv = real
   return [Layer(*k, count=n) for k, n in seen.items()]
 
 
@@ -69,8 +70,8 @@ def flops(layer: Layer) -> float:
 
 
 def _out_hw(layer: Layer):
-  from simclr_jax.models import cpu_conv  # pylint: disable=g-import-not-at-top
-  return cpu_conv._out_hw(layer.x_shape, layer.w_shape, layer.strides, layer.padding)  # pylint: disable=protected-access
+  from simclr_jax.cpu import kernels  # pylint: disable=g-import-not-at-top
+  return kernels._out_hw(layer.x_shape, layer.w_shape, layer.strides, layer.padding)  # pylint: disable=protected-access
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -87,12 +88,12 @@ def jax_fns(layer: Layer, conv_impl: str, rng):
   """{part: (thunk that runs it to completion, its result as NumPy)} for our convolution."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax import lax  # pylint: disable=g-import-not-at-top
-  from simclr_jax.models import cpu_conv  # pylint: disable=g-import-not-at-top
+  from simclr_jax.cpu import kernels  # pylint: disable=g-import-not-at-top
   if conv_impl == 'matmul_grad':
-    conv = lambda x, w: cpu_conv.conv(x, w, layer.strides, layer.padding)
+    conv = lambda x, w: kernels.conv(x, w, layer.strides, layer.padding)
   else:
     conv = lambda x, w: lax.conv_general_dilated(x, w, layer.strides, layer.padding,
-                                                 dimension_numbers=cpu_conv.NHWC)
+                                                 dimension_numbers=kernels.NHWC)
   x, w, g = _arrays(layer, rng)
   x, w, g = jax.device_put(x), jax.device_put(w), jax.device_put(g)
   fns = {'fwd': (jax.jit(conv), (x, w)),
@@ -151,7 +152,7 @@ def run(args) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, ROOT)
   from configs import default  # pylint: disable=g-import-not-at-top
-  from simclr_jax import models  # pylint: disable=g-import-not-at-top
+  from simclr_jax.cpu import ops as cpu_ops  # pylint: disable=g-import-not-at-top
   try:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(args.threads or os.cpu_count())
@@ -160,7 +161,7 @@ def run(args) -> dict:
     print('PyTorch is not installed: timing ours only (pip install torch==2.13.0 to compare).')
   c = default.get_config()
   c.model.conv_impl = args.conv_impl
-  impl = models.resolve_conv_impl(c)
+  impl = cpu_ops.resolve_conv_impl(c)
   layers = record_layers(args.depth, args.image_size, 2 * args.batch, args.width)
   times = {side: [collections.defaultdict(list) for _ in layers] for side in ('ours', 'torch')}
   errs = [{} for _ in layers]
@@ -245,7 +246,8 @@ def main(argv=None) -> None:
   a = p.parse_args(argv)
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   sys.path.insert(0, ROOT)
-  import simclr_jax  # pylint: disable=g-import-not-at-top,unused-import  # XLA:CPU flag first.
+  from simclr_jax.cpu import xla_cpu  # pylint: disable=g-import-not-at-top
+  xla_cpu.configure()  # Before JAX starts its backend.
   r = run(a)
   print_table(r)
   if a.json:

@@ -31,9 +31,9 @@
 # 2 x batch images. Ours: configs/imagenet.py (R50, bf16, 2-layer head, tau 0.1, LARS) with the
 # fields above overridden, a synthetic uint8 batch already on the device, the jitted
 # steps.train_step with the state donated, as bench/train_step.py times it. Torch: the reference
-# with the same depth/width/head/probe. FLOPs: simclr_jax/flops.py's analytic count (conv and
+# with the same depth/width/head/probe. FLOPs: simclr_jax/plan/flops.py's analytic count (conv and
 # dense MACs x 2, training = 3x forward less the image's input gradient, plus the NT-Xent
-# matmuls), the same figure for both; peak: simclr_jax/chips.py's dense bf16 figure for the
+# matmuls), the same figure for both; peak: simclr_jax/plan/chips.py's dense bf16 figure for the
 # device (H200 SXM: 989 TFLOP/s), or on the CPU a measured float32 matmul peak.
 set -euo pipefail
 
@@ -240,7 +240,8 @@ import json, os, sys
 e = os.environ
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 from configs import imagenet
-from simclr_jax import chips, flops, models
+from simclr_jax import models
+from simclr_jax.plan import chips, flops
 config = imagenet.get_config()
 with config.unlocked():
   config.model.resnet_depth = int(e['BENCH_DEPTH'])

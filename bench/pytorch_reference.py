@@ -44,7 +44,6 @@ The learning-rate schedule is a constant here (its cost is one scalar per step).
 import argparse
 import json
 import math
-import os
 import resource
 import statistics
 import sys

@@ -8,7 +8,7 @@
 
 Sections (each row runs in its own subprocess: XLA_FLAGS must be set before JAX starts):
   models     ResNet-18 32 px (CIFAR stem), ResNet-50 64 px and 224 px, float32 and bfloat16
-  xla_cpu    simclr_jax/xla_cpu.py's flag (YNNPACK off for convolutions) against JAX's default
+  xla_cpu    simclr_jax/cpu/xla_cpu.py's flag (YNNPACK off for convolutions) against JAX's default
   impl       model.conv_impl 'xla' against 'matmul_grad' (the CPU convolution gradient)
   batch      step time as the global batch grows (network O(N), NT-Xent O(N^2 d)), with the
              loss's own time measured apart
@@ -21,7 +21,7 @@ the global batch, LARS) on a fixed synthetic uint8 batch: the input pipeline is 
 is compilation (reported apart). Each timed step is blocked on, so the table gives the median
 step and the spread (min-max) of `--repeats` steps after one warm-up step.
 
-MFU: XLA's cost analysis of the compiled step over the device peak (simclr_jax/chips.py; on CPU a
+MFU: XLA's cost analysis of the compiled step over the device peak (simclr_jax/plan/chips.py; on CPU a
 float32 matmul measured in the same process). Imports neither TensorFlow nor clu (checked), so it
 runs on a machine with only jax, flax, optax and ml_collections.
 """
@@ -56,17 +56,21 @@ def _config(depth, size, batch, dtype, conv_impl):
 def worker(a) -> dict:
   """One row, in this process: compile, warm up, time `a.repeats` steps."""
   import functools  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, ROOT)
+  from simclr_jax.cpu import xla_cpu  # pylint: disable=g-import-not-at-top
+  xla_cpu.configure()  # Before JAX starts its backend (an entry point's job).
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, ROOT)
-  from simclr_jax import losses, models, optim, sharding, steps, utilization  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from simclr_jax import losses, models, optim, sharding, steps  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from simclr_jax.plan import utilization  # pylint: disable=g-import-not-at-top
+  from simclr_jax.cpu import ops as cpu_ops  # pylint: disable=g-import-not-at-top
   leaked = [m for m in ('tensorflow', 'clu') if m in sys.modules]
   if leaked:
     raise RuntimeError(f'bench/train_step.py must not import {leaked}')
   config = _config(a.depth, a.image_size, a.batch, a.dtype, a.conv_impl)
   mesh = sharding.make_mesh()
   num_examples = 50_000
-  model = models.build_model(config, 10)
+  model = models.build_model(config, 10, ops=cpu_ops.model_ops(config))
   state = steps.make_init_fn(config, model, optim.create_optimizer(config, num_examples), mesh)()
   lr_fn = optim.create_learning_rate_fn(config, num_examples)
   step = jax.jit(functools.partial(steps.train_step, config=config, lr_fn=lr_fn, mesh=mesh),
@@ -92,7 +96,7 @@ def worker(a) -> dict:
          'step_max': max(times), 'images_per_s': b / med, 'flops': flops,
          'mfu': flops / med / pk.flops_per_second if flops and pk else None,
          'peak': pk.description if pk else None, 'backend': jax.default_backend(),
-         'conv_impl': models.resolve_conv_impl(config),
+         'conv_impl': cpu_ops.resolve_conv_impl(config),
          'loss': float(m['contrast_loss'])}
   mem = jax.devices()[0].memory_stats() or {}
   row['peak_bytes'] = mem.get('peak_bytes_in_use')

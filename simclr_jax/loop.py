@@ -29,12 +29,12 @@ import jax
 from jax.experimental import multihost_utils
 import ml_collections
 
-from simclr_jax import checkpointing
+from simclr_jax.checkpoints import checkpointing
 from simclr_jax import cluster
 from simclr_jax import progress
 from simclr_jax import sharding
-from simclr_jax import utilization
-from simclr_jax import xla_cpu
+from simclr_jax.plan import utilization
+from simclr_jax.cpu import xla_cpu
 
 
 @dataclasses.dataclass
@@ -258,7 +258,10 @@ class _Profile:
   """`train.profile_steps` > 0: a JAX profiler trace of that many steps, starting two steps after
   the (re)start so compilation and the first dispatch stay out, written under
   `workdir/plugins/profile/` where TensorBoard's profile plugin finds it. Every process traces
-  its own host (the plugin shows one row per host)."""
+  its own host (the plugin shows one row per host). Not clu.periodic_actions.Profile: that one
+  stops the trace without waiting for the traced steps' device work (dispatch runs ahead, so
+  the trace would miss it) and leaves it running if the run ends first; this one blocks on the
+  state before stopping and closes on every exit."""
 
   def __init__(self, steps: int, start: int, total: int, workdir: str):
     steps = min(max(int(steps), 0), total - start)

@@ -8,7 +8,6 @@ On multi-host TPU pods every host runs this same command.
 """
 
 import os
-import re
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before TF is imported anywhere.
@@ -17,6 +16,8 @@ from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-positio
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from simclr_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to an ml_collections config file, e.g. configs/default.py.',
@@ -35,46 +36,6 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     'allow_config_change', False, 'Resume a workdir whose checkpoints were trained with a '
     'config that differs in the model, data or optimiser (refused otherwise).')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-EXIT_INPUT_ERROR = 2  # Bad input: nothing was compiled or written.
-EXIT_PREEMPTED = 143  # 128 + SIGTERM: stopped with a checkpoint; rerun to resume.
-
-
-def _fail(msg: str, code: int = EXIT_INPUT_ERROR) -> None:
-  print(f'error: {msg}', file=sys.stderr, flush=True)
-  sys.exit(code)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with every error as one `error:` line and exit status 2 (a mistyped
-  config key otherwise ends in a long ml_collections traceback)."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:  # Bad value, missing required flag, unknown flag.
-    _fail(f'{e}')
-  except (AttributeError, KeyError) as e:  # A config key that does not exist.
-    _fail(_unknown_key_message(argv, e))
-  except (OSError, ImportError, SyntaxError) as e:  # The --config file itself.
-    _fail(f'--config: {" ".join(str(e).split())}')
-  return []
-
-
-def _unknown_key_message(argv: list[str], e: Exception) -> str:
-  text = str(e.args[0] if e.args else e).replace('\\n', ' ').replace('\n', ' ')
-  text = ' '.join(text.replace("\\'", "'").split()).strip('"\'')
-  key = re.match(r"'?([A-Za-z0-9_]+)", text)
-  key = key.group(1) if key else ''
-  for arg in argv[1:]:
-    name = arg.split('=', 1)[0]
-    if name.startswith('--config.') and key and key in name.split('.'):
-      parts = name[2:].split('.')
-      group = '.'.join(parts[:parts.index(key)])
-      hint = re.search(r'Did you mean "([^"]+)"', text)
-      return (f'{arg}: {group} has no key {key!r}' +
-              (f'; did you mean {group}.{hint.group(1)}?' if hint else
-               '; see configs/default.py for every key.'))
-  return f'unknown config key: {text}'
-
 
 def _hide_accelerators_from_tf() -> None:
   """TF is only used for tf.data on the host: it must never grab GPU/TPU memory."""
@@ -97,21 +58,24 @@ def main(argv):
   except (OSError, ImportError, SyntaxError, AttributeError) as e:  # Missing or broken file.
     lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()] or [repr(e)]
     path = next((a.split('=', 1)[1] for a in sys.argv if a.startswith('--config=')), '?')
-    _fail(f'--config={path} cannot be loaded ({lines[-1][:200]}); pass an ml_collections config '
+    cli.fail(f'--config={path} cannot be loaded ({lines[-1][:200]}); pass an ml_collections config '
           'file with get_config(), e.g. configs/default.py.')
   _hide_accelerators_from_tf()
+  from simclr_jax.cpu import xla_cpu  # pylint: disable=g-import-not-at-top
+  xla_cpu.configure()  # Before JAX starts a backend: multi-threaded XLA:CPU convolutions.
   import jax  # pylint: disable=g-import-not-at-top
   from simclr_jax import cluster  # pylint: disable=g-import-not-at-top
   try:  # Before anything touches a backend: every host of a pod runs this same command.
     how = cluster.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   except cluster.ClusterError as e:
-    _fail(str(e))
-  from simclr_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    cli.fail(str(e))
+  from simclr_jax.checkpoints import checkpointing  # pylint: disable=g-import-not-at-top
   from simclr_jax import linear_eval  # pylint: disable=g-import-not-at-top
   from simclr_jax import loop  # pylint: disable=g-import-not-at-top
   from simclr_jax import train  # pylint: disable=g-import-not-at-top
   from simclr_jax import validation  # pylint: disable=g-import-not-at-top
   from simclr_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from simclr_jax.data import sources  # pylint: disable=g-import-not-at-top
   from simclr_jax import progress  # pylint: disable=g-import-not-at-top
   progress.say(f'JAX: {how}; process {jax.process_index()} of {jax.process_count()}, '
                f'{jax.device_count()} {jax.default_backend()} device(s) '
@@ -123,16 +87,16 @@ def main(argv):
       raise validation.ConfigError(f'config.mode={config.mode!r} is invalid; allowed: '
                                    f'{tuple(jobs)}.')
     jobs[config.mode](config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except (validation.ConfigError, input_pipeline.DataNotReadyError,
-          input_pipeline.DataConfigError, input_pipeline.UnlabelledError, PermissionError,
+  except (validation.ConfigError, sources.DataNotReadyError,
+          input_pipeline.DataConfigError, sources.UnlabelledError, PermissionError,
           cluster.ClusterError, checkpointing.ConfigChangeError) as e:
-    _fail(str(e))
+    cli.fail(str(e))
   except loop.Preempted as e:
     progress.say(str(e))
-    sys.exit(EXIT_PREEMPTED)
+    sys.exit(cli.EXIT_PREEMPTED)
   except (progress.NonFiniteLossError, checkpointing.RestoreError, loop.CorruptDataError) as e:
-    _fail(str(e), code=1)
+    cli.fail(str(e), code=1)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

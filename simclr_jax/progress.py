@@ -27,6 +27,19 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def table(rows: list[tuple[str, ...]]) -> list[str]:
+  """Aligned text lines of `rows` (the first is the header, underlined): the first column
+  left-aligned, the others right-aligned, as the jobs' final result tables print."""
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  lines = []
+  for i, row in enumerate(rows):
+    lines.append('  ' + '  '.join(c.ljust(w) if j == 0 else c.rjust(w)
+                                  for j, (c, w) in enumerate(zip(row, widths))))
+    if i == 0:
+      lines.append('  ' + '  '.join('-' * w for w in widths))
+  return lines
+
+
 def format_eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'

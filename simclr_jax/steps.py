@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from simclr_jax import device_augment
+from simclr_jax.data import device_augment
 from simclr_jax import losses
 from simclr_jax import optim
 from simclr_jax import sharding

@@ -1,4 +1,6 @@
-"""Test-wide setup: 8 emulated CPU devices, set before JAX is imported anywhere.
+"""Test-wide setup: 8 emulated CPU devices, set before JAX is imported anywhere; helpers (tiny data
+sets, the multi-process launcher, reference models) live in tests/helpers/ (pytest.ini's
+pythonpath).
 
 Every sharding test runs on these 8 devices and compares against 1 device, so collectives are
 exercised on a laptop.
@@ -11,6 +13,10 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 os.environ['JAX_PLATFORMS'] = 'cpu'
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+from simclr_jax.cpu import xla_cpu  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+xla_cpu.configure()  # As the entry points do: the suite runs the convolutions the CLI runs.
+
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -22,7 +28,7 @@ def _hide_accelerators_from_tf():
 
 @pytest.fixture(scope='session')
 def tfds_dir(tmp_path_factory):
-  """A prepared TFDS data_dir holding tests/tiny_tfds.py's `simclr_tiny_shapes`."""
+  """A prepared TFDS data_dir holding tests/helpers/tiny_tfds.py's `simclr_tiny_shapes`."""
   import tiny_tfds  # pylint: disable=g-import-not-at-top
   return tiny_tfds.prepare(str(tmp_path_factory.mktemp('tfds')))
 
@@ -36,7 +42,7 @@ def tfds_files_dir(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def tfds_shards_dir(tmp_path_factory):
-  """tests/tiny_tfds.py's `simclr_tiny_shards`: 4 files per split, a few corrupt train records."""
+  """tests/helpers/tiny_tfds.py's `simclr_tiny_shards`: 4 files per split, a few corrupt train records."""
   import tiny_tfds  # pylint: disable=g-import-not-at-top
   return tiny_tfds.prepare(str(tmp_path_factory.mktemp('tfds_shards')), num_shards=4,
                            name=tiny_tfds.SHARDS_NAME)

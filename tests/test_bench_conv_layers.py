@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from configs import default
-from simclr_jax import flops, models
+from simclr_jax import models
+from simclr_jax.plan import flops
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench'))
 import conv_layers  # pylint: disable=g-import-not-at-top,wrong-import-position

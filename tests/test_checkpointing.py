@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from simclr_jax import checkpointing
+from simclr_jax.checkpoints import checkpointing
 from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import sharding

@@ -1,6 +1,6 @@
 """simclr_jax.convert: official SimCLR checkpoints (TF2 and TF1 layouts) as simclr_jax models.
 
-Reference: tests/official_reference.py, an independent TensorFlow re-implementation of the official
+Reference: tests/helpers/official_reference.py, an independent TensorFlow re-implementation of the official
 model, written from the official code. Its checkpoints carry the official variable names and
 random values (BN statistics included); the converted model's features, projections and logits
 must equal the reference's within 1e-4 relative, and every official tensor must land exactly once.
@@ -10,6 +10,8 @@ The released sizes (depths 50/101/152, widths 1-4, SK) are checked by names and 
 import functools
 import json
 import os
+import subprocess
+import sys
 
 from flax import traverse_util
 import jax
@@ -18,10 +20,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_jax import convert
+from simclr_jax.checkpoints import convert
 from simclr_jax import load
+from simclr_jax.checkpoints import encoder
+from simclr_jax.checkpoints import official_reader
 from simclr_jax import models
 import official_reference as ref  # pylint: disable=g-bad-import-order
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TOL = 1e-4
 # (depth, width, sk) -> encoder parameters in millions: the official README's table (SimCLRv2) and
@@ -48,7 +54,7 @@ def _apply(config_json: str, num_classes: int):
 
 
 def ours(config, variables, images):
-  classes = load.num_classes(variables['params'])
+  classes = encoder.num_classes(variables['params'])
   arch = {k: config[k].to_dict() for k in ('model', 'data', 'train')}  # Not converted_from.
   out = _apply(json.dumps(arch, sort_keys=True), classes)(variables, images)
   return {k: np.asarray(v, np.float64) for k, v in out.items()}
@@ -229,7 +235,7 @@ def test_unknown_and_missing_variables_are_refused(small, tmp_path):
   with pytest.raises(convert.ConversionError, match=r'resnet_model/extra/\.ATTRIBUTES'):
     convert.from_official(prefix)
   workdir = str(tmp_path / 'out')
-  assert convert.main([f'--from={prefix}', f'--to={workdir}']) == 1
+  assert convert.cli(prefix, workdir) == 1
   assert not os.path.exists(workdir) and os.listdir(tmp_path) == ['extra']
   # Deliberately skipped, it converts (and says how many were skipped).
   config, _ = convert.from_official(prefix, skip='resnet_model/extra/')
@@ -256,25 +262,25 @@ def test_skip_patterns():
   slot = ('model/resnet_model/block_groups/0/layers/0/conv2d_bn_layers/0/conv2d/kernel/'
           '.OPTIMIZER_SLOT/optimizer/Momentum/.ATTRIBUTES/VARIABLE_VALUE')
   for k in (slot, 'optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE', 'save_counter/.ATTRIBUTES/'
-            'VARIABLE_VALUE', 'global_step/.ATTRIBUTES/VARIABLE_VALUE', convert.OBJECT_GRAPH):
-    assert convert.TF2_SKIP.search(k), k
-  assert not convert.TF2_SKIP.search('model/resnet_model/x/kernel/.ATTRIBUTES/VARIABLE_VALUE')
+            'VARIABLE_VALUE', 'global_step/.ATTRIBUTES/VARIABLE_VALUE', official_reader.OBJECT_GRAPH):
+    assert official_reader.TF2_SKIP.search(k), k
+  assert not official_reader.TF2_SKIP.search('model/resnet_model/x/kernel/.ATTRIBUTES/VARIABLE_VALUE')
   for k in ('global_step', 'base_model/conv2d/kernel/Momentum', 'beta1_power'):
-    assert convert.TF1_SKIP.search(k), k
-  assert not convert.TF1_SKIP.search('base_model/conv2d_12/kernel')
+    assert official_reader.TF1_SKIP.search(k), k
+  assert not official_reader.TF1_SKIP.search('base_model/conv2d_12/kernel')
 
 
 def _shape_source(model, factory, fmt):
   """A Source that has names and shapes only (nothing allocated)."""
   if fmt == 'tf2':
-    shapes = {f'model/{k}{convert.TF2_SUFFIX}': v.shape
+    shapes = {f'model/{k}{official_reader.TF2_SUFFIX}': v.shape
               for k, v in ref.tf2_variables(model).items()}
-    resolve = lambda n: (f'model/{n}{convert.TF2_SUFFIX}'
-                         if f'model/{n}{convert.TF2_SUFFIX}' in shapes else None)
+    resolve = lambda n: (f'model/{n}{official_reader.TF2_SUFFIX}'
+                         if f'model/{n}{official_reader.TF2_SUFFIX}' in shapes else None)
   else:
     shapes = {k: v.shape for k, v in factory.tf1}
     resolve = lambda n: n if n in shapes else None
-  return convert.Source('shapes-only', fmt, resolve, set(shapes), [], shapes, None, 0)
+  return official_reader.Source('shapes-only', fmt, resolve, set(shapes), [], shapes, None, 0)
 
 
 @pytest.mark.parametrize('depth,width,sk', sorted(RELEASED))
@@ -315,7 +321,11 @@ def test_cli_writes_a_workdir_that_load_and_linear_eval_accept(tmp_path):
                     num_classes=10)
   prefix = write_tf2(model, str(tmp_path / 'official'), step=40)
   workdir = str(tmp_path / 'converted')
-  assert convert.main([f'--from={tmp_path / "official"}', f'--to={workdir}']) == 0
+  cli = subprocess.run([sys.executable, '-m', 'simclr_jax.convert', f'--from={tmp_path / "official"}',
+                        f'--to={workdir}'], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=300)
+  assert cli.returncode == 0, cli.stderr[-2000:]
+  assert 'Wrote' in cli.stdout
   assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json']
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['40']
   enc = load.load_encoder(workdir)
@@ -324,7 +334,7 @@ def test_cli_writes_a_workdir_that_load_and_linear_eval_accept(tmp_path):
   assert rel_err(enc.embed(x), want['features']) < TOL
   assert rel_err(enc.project(x), want['projection']) < TOL
   assert rel_err(enc.outputs(x, 'sup_logits'), want['sup_logits']) < TOL
-  assert convert.main([f'--from={prefix}', f'--to={workdir}']) == 1  # Never over a workdir.
+  assert convert.cli(prefix, workdir) == 1  # Never over a workdir.
 
   config = linear_eval_config.get_config()
   config.init_checkpoint = workdir

@@ -1,5 +1,6 @@
-"""models/cpu_conv.py: the matrix-product backward pass computes the same derivatives as XLA's."""
+"""models/kernels.py: the matrix-product backward pass computes the same derivatives as XLA's."""
 
+import dataclasses
 import re
 
 import jax
@@ -11,7 +12,9 @@ import pytest
 
 from configs import default
 from simclr_jax import models
-from simclr_jax.models import cpu_conv
+from simclr_jax.cpu import kernels
+from simclr_jax.cpu import ops as cpu_ops
+from simclr_jax.models import resnet
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -51,7 +54,7 @@ def test_values_and_gradients_equal_xla(n, h, w, c, o, k, s, pad):
     return lax.conv_general_dilated(x, kern, (s, s), pad, dimension_numbers=NHWC)
 
   def ours(x, kern):
-    return cpu_conv.conv(x, kern, (s, s), pad)
+    return kernels.conv(x, kern, (s, s), pad)
 
   y_ref, vjp_ref = jax.vjp(ref, x, kern)
   y, vjp = jax.vjp(ours, x, kern)
@@ -72,7 +75,7 @@ def test_values_and_gradients_equal_xla(n, h, w, c, o, k, s, pad):
 def test_weight_gradient_matches_numpy_loops(n, h, w, c, o, k, s, pad):
   """An independent reference: dW[i,j,c,o] = sum_{n,h,w} xpad[n, h*s+i, w*s+j, c] dy[n,h,w,o]."""
   x, kern = _case(2, n, h, w, c, o, k)
-  y, vjp = jax.vjp(lambda kk: cpu_conv.conv(x, kk, (s, s), pad), kern)
+  y, vjp = jax.vjp(lambda kk: kernels.conv(x, kk, (s, s), pad), kern)
   dy = np.random.RandomState(3).randn(*y.shape)
   xp = np.pad(np.asarray(x, np.float64), ((0, 0), pad[0], pad[1], (0, 0)))
   want = np.zeros((k, k, c, o))
@@ -88,12 +91,12 @@ def test_weight_gradient_matches_numpy_loops(n, h, w, c, o, k, s, pad):
 def test_other_convolutions_fall_back_to_lax():
   x, kern = _case(4, 2, 8, 8, 4, 4, 3)
   grouped = kern[:, :, :2, :]
-  got = cpu_conv.conv_general_dilated(x, grouped, (1, 1), ((1, 1), (1, 1)),
+  got = kernels.conv_general_dilated(x, grouped, (1, 1), ((1, 1), (1, 1)),
                                       dimension_numbers=NHWC, feature_group_count=2)
   want = lax.conv_general_dilated(x, grouped, (1, 1), ((1, 1), (1, 1)),
                                   dimension_numbers=NHWC, feature_group_count=2)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-  got = cpu_conv.conv_general_dilated(x, kern, (1, 1), 'SAME', dimension_numbers=NHWC)
+  got = kernels.conv_general_dilated(x, kern, (1, 1), 'SAME', dimension_numbers=NHWC)
   want = lax.conv_general_dilated(x, kern, (1, 1), 'SAME', dimension_numbers=NHWC)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
@@ -104,8 +107,8 @@ def test_model_gradients_equal_with_either_impl(depth=18, sk=0.0, size=36):
   convolution shape is one of CASES; a ResNet-50 here would double this file's time.)"""
   x = jnp.asarray(np.random.RandomState(5).rand(4, size, size, 3).astype(np.float32))
   results = []
-  for impl in ('xla', 'matmul_grad'):
-    enc = models.build_encoder(depth, 0.25, sk, cifar_stem=size <= 32, conv_impl=impl)
+  for ops in (resnet.XLA_OPS, kernels.CPU_OPS):
+    enc = models.build_encoder(depth, 0.25, sk, cifar_stem=size <= 32, ops=ops)
     variables = enc.init(jax.random.PRNGKey(0), x, train=False)
 
     def loss(params, enc=enc, variables=variables):
@@ -126,17 +129,21 @@ def test_auto_picks_matmul_only_for_cpu_runs():
   config = default.get_config()
   assert config.model.conv_impl == 'auto'  # The default.
   assert jax.default_backend() == 'cpu'
-  assert models.resolve_conv_impl(config) == 'matmul_grad'
+  assert cpu_ops.resolve_conv_impl(config) == 'matmul_grad'
   config.hardware.chip = 'v3'  # A compile-only plan for TPUs keeps the accelerator program.
-  assert models.resolve_conv_impl(config) == 'xla'
+  assert cpu_ops.resolve_conv_impl(config) == 'xla'
   config.model.conv_impl = 'xla'
   config.hardware.chip = 'cpu'
-  assert models.resolve_conv_impl(config) == 'xla'
+  assert cpu_ops.resolve_conv_impl(config) == 'xla'
   old = ml_collections.ConfigDict({'model': {'dtype': 'float32'}})  # A run from before the key.
-  assert models.resolve_conv_impl(old) == 'xla'
+  assert cpu_ops.resolve_conv_impl(old) == 'xla'
   config.model.conv_impl = 'fast'
   with pytest.raises(ValueError, match="conv_impl='fast'"):
-    models.resolve_conv_impl(config)
+    cpu_ops.resolve_conv_impl(config)
+  config.model.conv_impl = 'auto'
+  assert cpu_ops.model_ops(config) is kernels.CPU_OPS
+  config.model.conv_impl = 'xla'
+  assert cpu_ops.model_ops(config) is resnet.XLA_OPS
 
 
 def test_materialize_is_the_identity_in_value_and_gradient():
@@ -147,19 +154,19 @@ def test_materialize_is_the_identity_in_value_and_gradient():
                       [0.0, -0.0, 3.4e38, -3.4e38, 1.2e-38]]).astype(np.float32)
   g = rng.randn(x.size).astype(np.float32)
   anchor = jnp.asarray([0.37, -2.0], jnp.float32)
-  y, vjp = jax.vjp(lambda v: cpu_conv.materialize(v, anchor), jnp.asarray(x))
+  y, vjp = jax.vjp(lambda v: kernels.materialize(v, anchor), jnp.asarray(x))
   (gx,) = vjp(jnp.asarray(g))
   np.testing.assert_array_equal(np.asarray(y).view(np.uint32), x.view(np.uint32))
   np.testing.assert_array_equal(np.asarray(gx).view(np.uint32), g.view(np.uint32))
-  d_anchor = jax.grad(lambda a: jnp.sum(cpu_conv.materialize(jnp.asarray(x), a)))(anchor)
+  d_anchor = jax.grad(lambda a: jnp.sum(kernels.materialize(jnp.asarray(x), a)))(anchor)
   assert d_anchor.tolist() == [0, 0]
 
 
-def _transpose_operands_into_convolutions():
+def _transpose_operands_into_convolutions(ops=kernels.CPU_OPS):
   """Operand counts of the fusions that lay out a convolution's input in the compiled gradient of
   a ResNet-18 (the weight gradients' NHWC -> CHWN transposes)."""
   x = jnp.asarray(np.random.RandomState(1).rand(8, 32, 32, 3).astype(np.float32))
-  enc = models.build_encoder(18, 0.5, 0.0, cifar_stem=True, conv_impl='matmul_grad')
+  enc = models.build_encoder(18, 0.5, 0.0, cifar_stem=True, ops=ops)
   variables = enc.init(jax.random.PRNGKey(0), x, train=False)
 
   def loss(params):
@@ -179,14 +186,14 @@ def _transpose_operands_into_convolutions():
   return counts
 
 
-def test_block_outputs_are_not_recomputed_inside_weight_gradient_transposes(monkeypatch):
+def test_block_outputs_are_not_recomputed_inside_weight_gradient_transposes():
   """The point of `materialize`, read from XLA's compiled program: with it, no transpose feeding
   a weight gradient re-computes more than one BN + ReLU (5 operands: the convolution output,
   its statistics, scale and offset); without it (materialize replaced by the identity), some
   re-compute whole residual blocks (10-15 operands), so this test can fail."""
   with_it = _transpose_operands_into_convolutions()
-  monkeypatch.setattr(cpu_conv, 'materialize', lambda x, anchor: x)
-  without = _transpose_operands_into_convolutions()
+  without = _transpose_operands_into_convolutions(
+      dataclasses.replace(kernels.CPU_OPS, block_output=lambda x, anchor: x))
   assert with_it and max(with_it) <= 5, with_it
   assert max(without) > 5, without
 
@@ -216,7 +223,7 @@ def test_max_pool_gradient_routes_to_the_first_maximum(shape):
   x = np.maximum(np.round(rng.randn(*shape) * 2) / 2, 0).astype(np.float32)  # Many ties.
   pads = tuple(tuple(int(v) for v in p)
                for p in lax.padtype_to_pads(shape[1:3], (3, 3), (2, 2), 'SAME'))
-  ours = lambda x: cpu_conv.max_pool(x, (3, 3), (2, 2), pads)
+  ours = lambda x: kernels.max_pool(x, (3, 3), (2, 2), pads)
   flax_pool = lambda x: nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
   y = jax.jit(ours)(jnp.asarray(x))
   np.testing.assert_array_equal(np.asarray(y), np.asarray(flax_pool(jnp.asarray(x))))
@@ -233,9 +240,9 @@ def test_max_pool_gradient_routes_to_the_first_maximum(shape):
 
 
 def test_max_pool_gradient_is_not_a_scatter():
-  """The reason for cpu_conv.max_pool: no select_and_scatter (a scatter on XLA:CPU) remains."""
+  """The reason for kernels.max_pool: no select_and_scatter (a scatter on XLA:CPU) remains."""
   x = jnp.zeros((2, 16, 16, 4))
-  ours = lambda x: cpu_conv.max_pool(x, (3, 3), (2, 2), ((0, 1), (0, 1)))
+  ours = lambda x: kernels.max_pool(x, (3, 3), (2, 2), ((0, 1), (0, 1)))
   hlo = jax.jit(lambda x: jax.grad(lambda x: jnp.sum(ours(x) ** 2))(x)).lower(x).compile()
   text = hlo.as_text()
   assert 'select-and-scatter' not in text and 'scatter(' not in text

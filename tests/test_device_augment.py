@@ -29,11 +29,12 @@ import pytest
 import tensorflow as tf
 
 from configs import test as test_config
-from simclr_jax import device_augment as da
+from simclr_jax.data import device_augment as da
 from simclr_jax import sharding
 from simclr_jax import steps
 from simclr_jax.data import augment
 from simclr_jax.data import input_pipeline
+from simclr_jax.data import sources
 
 N = 2000
 
@@ -378,7 +379,7 @@ def _pretrain(config, workdir, mesh, monkeypatch):
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from simclr_jax import models, optim, train  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(models, 'build_model', lambda config, num_classes: _Toy())
-  info = input_pipeline.get_info(config)
+  info = sources.get_info(config)
   model = models.build_model(config, info.num_classes)
   init_fn = train.make_init_fn(config, model, optim.create_optimizer(config, info.num_train), mesh)
   writer = metric_writers.create_default_writer(workdir, just_logging=True)

@@ -4,7 +4,6 @@ what is allowed, exit status 2, before any compilation, with nothing written to 
 Table-driven over real `python -m simclr_jax.main` runs (the CLI is where users meet them).
 """
 
-import os
 import subprocess
 import sys
 

@@ -19,7 +19,7 @@ from configs import gpu_8x
 from configs import imagenet
 from configs import tpu_v3_128
 from configs import tpu_v3_32
-from simclr_jax import eval_plan
+from simclr_jax.plan import eval_plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 2 ** 20
@@ -32,7 +32,7 @@ IMAGENET = dict(num_probe=1_281_167, num_eval=50_000)
 _SCRIPT = """
 import dataclasses, json, sys
 from configs import tpu_v3_128
-from simclr_jax import eval_plan
+from simclr_jax.plan import eval_plan
 config = tpu_v3_128.get_config()
 plan = eval_plan.compile_eval_plan(config, 128, {num_probe}, {num_eval}, 1000)
 print('PLAN ' + json.dumps(dataclasses.asdict(plan)))

@@ -1,4 +1,4 @@
-"""evaluate.extract / extract_sharded: every example of a split (or of a subset of its positions)
+"""feature_store.extract / extract_sharded: every example of a split (or of a subset of its positions)
 exactly once, in order, for dict outputs too, with batch sizes that leave a padded last batch on
 8 emulated devices."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from simclr_jax import evaluate
+from simclr_jax.evaluators import feature_store
 from simclr_jax import sharding
 from simclr_jax.data import embedded
 from simclr_jax.data import input_pipeline
@@ -24,7 +24,7 @@ def test_extract_covers_every_example_once_in_order(split, batch):
   fn = jax.jit(lambda x: {'sum': jnp.sum(x.astype(jnp.float32), axis=(1, 2, 3)),
                           'corner': x[:, 0, 0, :]},
                out_shardings=sharding.batch_sharded(mesh))
-  out, got_labels = evaluate.extract(config, split, len(labels), mesh, fn)
+  out, got_labels = feature_store.extract(config, split, len(labels), mesh, fn)
   assert len(got_labels) == len(labels) == len(out['sum']) == len(out['corner'])
   np.testing.assert_array_equal(got_labels, labels)  # Same examples, same order, none twice.
   # Independent of batching: the eval view of each image, one at a time.
@@ -48,7 +48,7 @@ def test_extract_sharded_covers_exactly_the_given_positions(dataset, tfds_dir):
     # The image's red channel names its example: 4 * id + 1.
     fn = jax.jit(lambda x: (x[:, 0, 0, 0].astype(jnp.int32) - 1) // 4,
                  out_shardings=sharding.batch_sharded(mesh))
-    ids, labels = evaluate.extract(config, split, n, mesh, fn)  # Stored order (TFDS shuffles).
+    ids, labels = feature_store.extract(config, split, n, mesh, fn)  # Stored order (TFDS shuffles).
     assert sorted(ids) == list(range(n)) and np.all(labels == ids % tiny_tfds.N_CLASSES)
   else:
     split, n = 'test', 1000
@@ -56,10 +56,10 @@ def test_extract_sharded_covers_exactly_the_given_positions(dataset, tfds_dir):
     fn = jax.jit(lambda x: jnp.sum(x.astype(jnp.int32), axis=(1, 2, 3)),
                  out_shardings=sharding.batch_sharded(mesh))
     images, labels = embedded.load(split)
-  got = evaluate.extract_sharded(config, split, n, mesh, fn, indices=wanted)
-  assert got.num_examples == len(wanted) == evaluate.count(got)
+  got = feature_store.extract_sharded(config, split, n, mesh, fn, indices=wanted)
+  assert got.num_examples == len(wanted) == feature_store.count(got)
   assert got.outputs.shape[0] == -(-len(wanted) // 16) * 16  # Only whole batches of the subset.
-  out, y = evaluate.to_host(got)
+  out, y = feature_store.to_host(got)
   np.testing.assert_array_equal(y, labels[wanted])
   if dataset == 'tfds':
     np.testing.assert_array_equal(out, ids[wanted])

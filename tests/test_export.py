@@ -1,5 +1,5 @@
 """simclr_jax.export: safetensors with our names, and with torchvision's names loaded strict=True
-into tests/torch_resnet.py (torchvision's ResNet in plain PyTorch), features compared with ours.
+into tests/helpers/torch_resnet.py (torchvision's ResNet in plain PyTorch), features compared with ours.
 
 Where the architectures differ (the stem max pool's padding, the first block's shortcut in
 ResNet-18/34, the CIFAR stem), the export's `pytorch_adapt` snippet is run as written and must
@@ -20,10 +20,10 @@ from safetensors import numpy as st_numpy
 from safetensors import torch as st_torch
 import torch
 
-from simclr_jax import convert
-from simclr_jax import export
+from simclr_jax.checkpoints import convert
+from simclr_jax.checkpoints import export
 from simclr_jax import models
-from simclr_jax import official_layout
+from simclr_jax.checkpoints import official_layout
 import torch_resnet  # pylint: disable=g-bad-import-order
 
 TOL = 1e-4
@@ -92,8 +92,11 @@ def images(side, seed=1):
 def test_torchvision_resnet50_strict_and_equal(tmp_path):
   config, variables = make_workdir(tmp_path / 'wd', 50, num_classes=10)
   file = str(tmp_path / 'r50.safetensors')
-  assert export.main([f'--from={tmp_path / "wd"}', f'--to={file}', '--names=torchvision',
-                      '--heads']) == 0
+  cli = subprocess.run([sys.executable, '-m', 'simclr_jax.export', f'--from={tmp_path / "wd"}',
+                        f'--to={file}', '--names=torchvision', '--heads'], cwd=ROOT,
+                       capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+                       timeout=300)
+  assert cli.returncode == 0, cli.stderr[-2000:]
   side = json.loads(open(tmp_path / 'r50.json').read())
   assert side['torchvision']['constructor'] == 'torchvision.models.resnet50(num_classes=10)'
   state = st_torch.load_file(file)
@@ -144,8 +147,8 @@ def test_simclr_jax_names_round_trip(tmp_path):
   export.export(str(tmp_path / 'wd'), file)
   encoder_only = st_numpy.load_file(file)
   assert encoder_only and all(k.split('/')[1] == 'encoder' for k in encoder_only)
-  assert export.main([f'--from={tmp_path / "wd"}', f'--to={tmp_path / "x.safetensors"}',
-                      '--names=torchvision']) == 1  # SK and width 0.125: refused.
+  assert export.cli(str(tmp_path / 'wd'), str(tmp_path / 'x.safetensors'),
+                    names='torchvision') == 1  # SK and width 0.125: refused.
   assert not os.path.exists(tmp_path / 'x.safetensors')
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from simclr_jax import knn
+from simclr_jax.evaluators import knn
 from simclr_jax import validation
 
 

@@ -2,7 +2,7 @@
 
 References: the pretraining checkpoint itself (frozen parts must come back bitwise identical),
 the definition of freezing (zero gradients, unchanged BN statistics), the label arithmetic of a
-class-balanced subset, and the identity-carrying TFDS set of tests/tiny_tfds.py (red = 4 id + 1).
+class-balanced subset, and the identity-carrying TFDS set of tests/helpers/tiny_tfds.py (red = 4 id + 1).
 """
 
 import functools
@@ -25,7 +25,7 @@ from configs import imagenet_finetune_1pct
 from configs import imagenet_linear_eval
 from configs import linear_eval as linear_eval_config
 from configs import test as test_config
-from simclr_jax import evaluate
+from simclr_jax.evaluators import feature_store
 from simclr_jax import linear_eval
 from simclr_jax import models
 from simclr_jax import sharding
@@ -197,7 +197,7 @@ def test_label_subset_is_class_balanced_and_deterministic():
   with pytest.raises(ValueError, match='label_fraction'):
     supervised.label_subset(labels, 0.0)
   config = default.get_config()
-  labels = evaluate.split_labels(config, 'train', 4000)
+  labels = feature_store.split_labels(config, 'train', 4000)
   idx = supervised.label_subset(labels, 0.1)
   np.testing.assert_array_equal(np.bincount(labels[idx]), [40] * 10)  # 10% of 400 per class.
 
@@ -213,7 +213,7 @@ def test_labelled_stream_holds_exactly_the_kept_examples(tfds_dir, tfds_files_di
   config.data.label_fraction = 0.5
   config.aug.crop = False  # Constant channels stay constant: every view names its example.
   config.train.batch_size = 6
-  idx = supervised.label_subset(evaluate.split_labels(config, 'train', tiny_tfds.N_TRAIN), 0.5)
+  idx = supervised.label_subset(feature_store.split_labels(config, 'train', tiny_tfds.N_TRAIN), 0.5)
   assert len(idx) == 20  # Classes of 8, 8, 7, 7, 7 keep round(0.5 n) = 4 each.
   ds = supervised.train_dataset(config, process_index=0, process_count=1, indices=idx)
   batches = list(ds.take(3 * 20 // 6).as_numpy_iterator())  # Three epochs.
@@ -304,14 +304,14 @@ def test_feature_batches_each_example_once_per_global_batch(pc):
 def test_precomputed_features_that_would_not_fit_a_host_are_refused_before_anything_runs():
   """ImageNet's train + val features of a ResNet-50 (1,331,167 x 2048 float32 = 10.9 GB) would
   be gathered to every host: refused with one line; a CIFAR-sized set passes."""
-  from simclr_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from simclr_jax.data import sources  # pylint: disable=g-import-not-at-top
   config = imagenet_linear_eval.get_config()
   config.linear_eval.precompute_features = True
   model = linear_eval.build_classifier(config, 1000)
-  imagenet = input_pipeline.DatasetInfo('imagenet2012', 1_281_167, 50_000, 1000)
+  imagenet = sources.DatasetInfo('imagenet2012', 1_281_167, 50_000, 1000)
   with pytest.raises(validation.ConfigError) as e:
     linear_eval.check_feature_size(config, model, imagenet)
   assert '10.9 GB' in str(e.value) and '1,331,167 examples x 2048' in str(e.value)
   assert 'precompute_features=False' in str(e.value)
-  linear_eval.check_feature_size(config, model, input_pipeline.DatasetInfo('c', 50_000, 10_000,
+  linear_eval.check_feature_size(config, model, sources.DatasetInfo('c', 50_000, 10_000,
                                                                            10))

@@ -2,7 +2,7 @@
 
 References: the TF eval pipeline (data/input_pipeline.eval_image) for the JAX preprocessing; the
 training loop's own restore (checkpointing.restore of the whole TrainState) and the TF-fed
-feature extraction (evaluate.extract) for the features; a Python with TensorFlow made
+feature extraction (feature_store.extract) for the features; a Python with TensorFlow made
 unimportable for the TF-free claim; nbclient for the notebook.
 """
 
@@ -21,16 +21,19 @@ from sklearn import datasets
 import tensorflow as tf
 
 from configs import test as test_config
-from simclr_jax import checkpointing
-from simclr_jax import evaluate
+from simclr_jax.checkpoints import checkpointing
+from simclr_jax.evaluators import feature_store
 from simclr_jax import linear_eval
 from simclr_jax import load
+from simclr_jax.checkpoints import encoder
+from simclr_jax.data import eval_preprocess
 from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import sharding
 from simclr_jax import train
 from simclr_jax.data import embedded
 from simclr_jax.data import input_pipeline
+from simclr_jax.data import sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, 'notebooks', 'load_checkpoint.ipynb')
@@ -76,7 +79,7 @@ def test_preprocess_matches_the_tf_eval_pipeline(size):
   config.data.image_size = size
   for name, images in _real_images():
     ref = np.stack([input_pipeline.eval_image(config, tf.constant(im)).numpy() for im in images])
-    ours = np.asarray(load.preprocess(jax.numpy.asarray(images), size, crop))
+    ours = np.asarray(eval_preprocess.preprocess(jax.numpy.asarray(images), size, crop))
     assert ours.shape == ref.shape == (len(images), size, size, 3) and ours.dtype == np.float32
     np.testing.assert_allclose(ours * 255, np.round(ours * 255), atol=1e-4)  # uint8 levels.
     levels = np.abs(ours * 255 - ref.astype(np.float32))
@@ -85,7 +88,7 @@ def test_preprocess_matches_the_tf_eval_pipeline(size):
     # Before rounding: the two bicubic resizes of the same crop.
     x = images.astype(np.float32) / 255
     if crop:
-      top, left, ch, cw = load.eval_crop_box(x.shape[1], x.shape[2], size)
+      top, left, ch, cw = eval_preprocess.eval_crop_box(x.shape[1], x.shape[2], size)
       x = x[:, top:top + ch, left:left + cw]
     tf_float = tf.image.resize(x, [size, size], method='bicubic').numpy()
     jax_float = np.asarray(jax.image.resize(x, (len(x), size, size, 3), 'bicubic',
@@ -104,15 +107,15 @@ def test_embed_and_project_match_the_training_loops_restore_and_pipeline(run, te
 
   config = checkpointing.read_config(run)
   mesh = sharding.make_mesh()
-  info = input_pipeline.get_info(config)
+  info = sources.get_info(config)
   model = models.build_model(config, info.num_classes)
   init = train.make_init_fn(config, model, optim.create_optimizer(config, info.num_train), mesh)
   mngr = checkpointing.manager(run, create=False)
   state = checkpointing.restore(mngr, init(), 4)
   mngr.close()
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  fn = evaluate.make_outputs_fn(model.apply, mesh, ('features', 'projection', 'sup_logits'))
-  ref, ref_labels = evaluate.extract(config, 'test', info.num_eval, mesh,
+  fn = feature_store.make_outputs_fn(model.apply, mesh, ('features', 'projection', 'sup_logits'))
+  ref, ref_labels = feature_store.extract(config, 'test', info.num_eval, mesh,
                                      lambda x: fn(variables, x))
   np.testing.assert_array_equal(ref_labels, labels)
   assert h.shape == (1000, 8 * 8) and h.dtype == np.float32  # ResNet-10 x0.125: 512 / 8.
@@ -179,9 +182,9 @@ def test_workdir_checkpoint_directories_and_steps(run):
   with pytest.raises(load.CheckpointNotFoundError, match='no config.json'):
     load.load_encoder(os.path.dirname(run))
   # Paths are parsed by string arithmetic, the same for gs:// (no I/O here).
-  assert load.split_path('gs://b/runs/r1/checkpoints/300') == ('gs://b/runs/r1', 300)
-  assert load.split_path('gs://b/runs/r1/checkpoints/300/default') == ('gs://b/runs/r1', 300)
-  assert load.split_path('gs://b/runs/r1') == ('gs://b/runs/r1', None)
+  assert encoder.split_path('gs://b/runs/r1/checkpoints/300') == ('gs://b/runs/r1', 300)
+  assert encoder.split_path('gs://b/runs/r1/checkpoints/300/default') == ('gs://b/runs/r1', 300)
+  assert encoder.split_path('gs://b/runs/r1') == ('gs://b/runs/r1', None)
 
 
 def test_linear_eval_restores_through_load(run):

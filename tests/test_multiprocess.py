@@ -29,7 +29,7 @@ def _rel(a, b):
 def test_train_step_same_loss_grads_and_bn_stats_in_2_processes(tmp_path):
   """Below the CLI: one jitted step on a fixed global batch, 2 processes x 4 devices vs 1 x 8."""
   out = tmp_path / 'step.npz'
-  res = multiprocess.launch(lambda i: ['tests/mp_train_step.py', f'--out={out}'],
+  res = multiprocess.launch(lambda i: ['tests/helpers/mp_train_step.py', f'--out={out}'],
                             num_processes=2, devices_per_process=4, timeout=300)
   assert all(r is not None and r.returncode == 0 for r in res), multiprocess.describe(res)
   assert 'process 1 of 2: 8 devices' in res[1].stdout
@@ -59,7 +59,7 @@ _ARGS = ['-m', 'simclr_jax.main', '--config=configs/test.py', '--config.train.st
 def _run(workdir, num_processes, devices, audit_dir=None):
   env = None
   if audit_dir is not None:  # Records every file a process opens for writing (Python level).
-    env = lambda i: {'PYTHONPATH': os.path.join(multiprocess.ROOT, 'tests', 'write_audit'),
+    env = lambda i: {'PYTHONPATH': os.path.join(multiprocess.ROOT, 'tests', 'helpers', 'write_audit'),
                      'SIMCLR_WRITE_AUDIT': os.path.join(audit_dir, f'process_{i}.txt')}
   res = multiprocess.launch(lambda i: [*_ARGS, f'--workdir={workdir}'],
                             num_processes=num_processes, devices_per_process=devices,

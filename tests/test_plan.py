@@ -9,10 +9,11 @@ import pytest
 
 from configs import imagenet
 from configs import test as test_config
-from simclr_jax import chips
-from simclr_jax import flops
+from simclr_jax.plan import chips
+from simclr_jax.plan import flops
 from simclr_jax import models
-from simclr_jax import plan
+from simclr_jax.plan import report
+from simclr_jax.plan import train_plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORTCUT_64 = 56 * 56 * 64 * 64  # 1x1 conv 64 -> 64 at 56x56: our group-1 projection shortcut.
@@ -53,7 +54,7 @@ def test_paper_speed_implies_paper_mfu():
   layers = flops.layers(models.build_model(config, 1000), (224, 224, 3))
   total = flops.step_flops(layers, 4096, 128)['total'] * steps
   mfu = total / (1.5 * 3600 * 128 * chips.CHIPS['tpu_v3'].peak_flops)
-  assert mfu == pytest.approx(plan.PAPER_MFU, abs=0.005)
+  assert mfu == pytest.approx(report.PAPER_MFU, abs=0.005)
 
 
 @pytest.fixture(scope='module')
@@ -65,7 +66,7 @@ def small_plan():
   config.model.proj_out_dim = 128
   config.data.image_size = 32
   config.train.batch_size = 64
-  return plan.compile_plan(config, 8, num_train=4000, num_classes=10)
+  return train_plan.compile_plan(config, 8, num_train=4000, num_classes=10)
 
 
 def test_xla_flops_are_per_device_and_match_analytic(small_plan):
@@ -89,7 +90,7 @@ def test_memory_split(small_plan):
 
 
 def test_dataset_size_needs_no_data():
-  assert plan.dataset_size(imagenet.get_config())[:2] == (1_281_167, 1000)
+  assert train_plan.dataset_size(imagenet.get_config())[:2] == (1_281_167, 1000)
 
 
 def test_chip_table():

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from simclr_jax import plots
+from simclr_jax.evaluators import plots
 from simclr_jax.data import embedded
 
 
@@ -75,7 +75,7 @@ def test_auto_method_is_tsne_for_small_sets_pca_for_large(tmp_path, monkeypatch)
 
 
 def test_importing_plots_leaves_the_matplotlib_backend_alone():
-  code = ('import matplotlib; matplotlib.use("svg"); from simclr_jax import plots; '
+  code = ('import matplotlib; matplotlib.use("svg"); from simclr_jax.evaluators import plots; '
           'print(matplotlib.get_backend())')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
   assert out.stdout.strip() == 'svg', out.stderr[-2000:]

@@ -15,10 +15,12 @@ import pytest
 import tensorflow as tf
 
 from configs import test as test_config
-from simclr_jax import checkpointing
-from simclr_jax import evaluate
+from simclr_jax.checkpoints import checkpointing
+from simclr_jax.evaluators import feature_store
+from simclr_jax.evaluators import linear_probe
 from simclr_jax import train
-from simclr_jax.data import input_pipeline
+from simclr_jax.evaluators import representations
+from simclr_jax.data import sources
 import tiny_tfds  # pylint: disable=g-bad-import-order
 
 
@@ -128,7 +130,7 @@ def test_rerun_resumes_from_latest_checkpoint(trained, tmp_path, capsys):
   assert 7 in loss and 8 in loss
   # The whole history across the restart: the first run's final evaluation (step 6) is kept.
   assert [h['step'] for h in results['eval_history']] == [6, 7, 8]
-  assert json.load(open(os.path.join(workdir, train.EVAL_HISTORY_FILE))) == \
+  assert json.load(open(os.path.join(workdir, representations.EVAL_HISTORY_FILE))) == \
       results['eval_history']
   for h in results['eval_history']:
     assert h['examples_evaluated'] == 1000  # Every test example exactly once.
@@ -182,7 +184,7 @@ def test_pretrain_on_an_unlabelled_tfds_split(unlabelled_dir, tmp_path):
 
 def test_unlabelled_probe_split_fails_before_training(unlabelled_dir, tmp_path):
   config = _unlabelled_config(unlabelled_dir)  # No probe_train_split: the bank would be unlabelled.
-  with pytest.raises(input_pipeline.UnlabelledError, match='probe_train_split') as e:
+  with pytest.raises(sources.UnlabelledError, match='probe_train_split') as e:
     train.train_and_evaluate(config, str(tmp_path))
   assert "'unlabelled'" in str(e.value) and 'found -1..-1' in str(e.value)
   assert not os.path.exists(tmp_path / 'checkpoints')
@@ -193,18 +195,18 @@ def test_knn_bank_label_pass_runs_once_per_run(tmp_path, monkeypatch):
   """The bank's label pass is kept in the workdir: a restart reads it instead of the split."""
   config = test_config.get_config()
   config.eval.knn_bank_size = 500
-  info = input_pipeline.get_info(config)
-  first, summary = train.knn_bank(config, info, str(tmp_path))
+  info = sources.get_info(config)
+  first, summary = representations.knn_bank(config, info, str(tmp_path))
   assert len(first) == 500 and summary['per_class'] == [50, 50]
-  labels = evaluate.split_labels(config, 'train', 4000)
+  labels = feature_store.split_labels(config, 'train', 4000)
   np.testing.assert_array_equal(np.bincount(labels[first]), [50] * 10)
-  monkeypatch.setattr(evaluate, 'split_labels', lambda *a, **k: pytest.fail('label pass rerun'))
-  again, _ = train.knn_bank(config, info, str(tmp_path))
+  monkeypatch.setattr(feature_store, 'split_labels', lambda *a, **k: pytest.fail('label pass rerun'))
+  again, _ = representations.knn_bank(config, info, str(tmp_path))
   np.testing.assert_array_equal(again, first)
   config.unlock()
   config.eval.knn_bank_size = 300  # Another bank: the cache does not apply.
   monkeypatch.undo()
-  assert len(train.knn_bank(config, info, str(tmp_path))[0]) == 300
+  assert len(representations.knn_bank(config, info, str(tmp_path))[0]) == 300
 
 
 def test_final_probes_extract_only_the_probe_split_again(monkeypatch):
@@ -212,12 +214,12 @@ def test_final_probes_extract_only_the_probe_split_again(monkeypatch):
   eval split's come from the monitor (before: both splits were extracted, one thrown away)."""
   config = test_config.get_config()
   config.eval.baselines = False
-  info = input_pipeline.DatasetInfo('embedded_mnist', 4000, 1000, 10, 4000)
+  info = sources.DatasetInfo('embedded_mnist', 4000, 1000, 10, 4000)
   extracted = []
-  monkeypatch.setattr(evaluate, 'extract_sharded',
+  monkeypatch.setattr(feature_store, 'extract_sharded',
                       lambda cfg, split, *a, **k: extracted.append(split) or split)
-  monkeypatch.setattr(evaluate, 'linear_probe_sharded', lambda train_, ev, **k: (train_, ev))
-  probes, _ = train.evaluate_representations(
+  monkeypatch.setattr(linear_probe, 'linear_probe_sharded', lambda train_, ev, **k: (train_, ev))
+  probes, _ = representations.evaluate_representations(
       config, info, None, None, lambda v, x: {'features': x}, {}, {'eval': 'monitored eval',
                                                                    'knn': {}},
       bank_indices=np.arange(10))

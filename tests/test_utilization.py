@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from simclr_jax import chips
+from simclr_jax.plan import chips
 from simclr_jax import sharding
-from simclr_jax import utilization
+from simclr_jax.plan import utilization
 
 
 def test_step_flops_counts_a_sharded_matmul_once_over_all_devices():

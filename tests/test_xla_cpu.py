@@ -1,5 +1,6 @@
-"""xla_cpu.py: `import simclr_jax` turns YNNPACK off for CPU convolutions (and only for them),
-unless the user chose otherwise; checked on what XLA actually compiles, in fresh processes."""
+"""cpu/xla_cpu.py: configure() (what the entry points call before JAX starts) turns YNNPACK off
+for CPU convolutions (and only for them), unless the user chose otherwise; checked on what XLA
+actually compiles, in fresh processes. Importing simclr_jax alone changes nothing."""
 
 import os
 import subprocess
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from simclr_jax import xla_cpu
+from simclr_jax.cpu import xla_cpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KNOWN = xla_cpu.KNOWN_JAXLIB[0]
@@ -16,8 +17,13 @@ KNOWN = xla_cpu.KNOWN_JAXLIB[0]
 PROBE = r'''
 import os, sys
 sys.path.insert(0, sys.argv[1])
-import simclr_jax
-from simclr_jax import xla_cpu
+before = os.environ.get('XLA_FLAGS')
+import simclr_jax  # Importing the package alone must not touch XLA_FLAGS...
+from simclr_jax import train, main
+assert os.environ.get('XLA_FLAGS') == before, 'import changed XLA_FLAGS'
+from simclr_jax.cpu import xla_cpu
+running_before = xla_cpu._backends_running()  # The private JAX API it isolates, checked.
+xla_cpu.configure()  # ...an entry point's explicit call does.
 import jax, jax.numpy as jnp
 from jax import lax
 conv = jax.jit(lambda x, w: lax.conv_general_dilated(
@@ -29,15 +35,17 @@ print('conv_ynn', '__ynn_fusion' in c)
 print('dot_ynn', '__ynn_fusion' in d)
 print('flags', os.environ.get('XLA_FLAGS', ''))
 print('status', xla_cpu.STATUS)
+print('running', running_before, xla_cpu._backends_running())
 '''
 
 
 def _probe(**env_overrides) -> dict:
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', xla_cpu.OPT_OUT)}
   env.update(env_overrides, JAX_PLATFORMS='cpu')
-  out = subprocess.run([sys.executable, '-c', PROBE, ROOT], env=env, capture_output=True,
-                       text=True, timeout=300, check=True).stdout
-  return dict(line.split(' ', 1) for line in out.strip().splitlines())
+  res = subprocess.run([sys.executable, '-c', PROBE, ROOT], env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert res.returncode == 0, res.stderr[-3000:]
+  return dict(line.split(' ', 1) for line in res.stdout.strip().splitlines())
 
 
 def test_decide_respects_user_opt_out_version_and_timing():
@@ -73,8 +81,9 @@ def test_configure_appends_once_and_keeps_other_flags(monkeypatch):
 
 @pytest.mark.skipif(xla_cpu._jaxlib_version() not in xla_cpu.KNOWN_JAXLIB,  # pylint: disable=protected-access
                     reason='installed jaxlib is not one known to have the flag')
-def test_import_takes_convolutions_out_of_ynnpack_but_not_matmuls():
+def test_configure_takes_convolutions_out_of_ynnpack_but_not_matmuls():
   on = _probe()
+  assert on['running'] == 'False True', on  # xla_cpu's one private JAX call still tells.
   assert on['conv_ynn'] == 'False', on
   assert on['dot_ynn'] == 'True', on  # YNNPACK's matrix products are the fast ones: kept.
   assert f'{xla_cpu.FLAG}={xla_cpu.VALUE}' in on['flags']

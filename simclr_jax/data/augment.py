@@ -12,7 +12,7 @@ p=0.2) -> Gaussian blur p=0.5 -> clip to [0, 1].
 Encoded training images (TFDS bytes) are decoded by the augmentation: crop windows are drawn from
 a JPEG's header shape, and only the window holding both views' crops is decoded, once
 (preprocess_views_for_train, decode_random_crops; the same windows as on decoded pixels). With
-config.aug.on_device the host stops after crop + flip and simclr_jax/device_augment.py applies
+config.aug.on_device the host stops after crop + flip and simclr_jax/data/device_augment.py applies
 the colour distortion and blur in the train step, with the same distributions.
 
 Deviation, on purpose: the official code blurs on device with ONE sigma per batch and view; here
@@ -213,7 +213,7 @@ def preprocess_for_train(image, height, width, *, color_jitter_strength=1.0, use
   `seed`: [2] integer tensor; the same seed gives the same view. None draws one from TF's global
   generator (convenient interactively, not reproducible; the pipelines always pass seeds).
   `color_jitter_strength=0, use_blur=False` is the crop + flip the host ships when colour and blur
-  run on the accelerator (config.aug.on_device; simclr_jax/device_augment.py).
+  run on the accelerator (config.aug.on_device; simclr_jax/data/device_augment.py).
   """
   if seed is None:
     seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)

@@ -1,4 +1,4 @@
-"""tf.data pipelines: source (embedded set or TFDS) -> this process's rows -> views -> batches.
+"""tf.data pipelines: a source (data/sources.py) -> this process's rows -> views -> batches.
 
 Multi-host: every function takes `process_index` / `process_count` explicitly (never reads them
 from JAX) and yields host-local batches of `global_batch // P`; the train loop assembles global
@@ -17,10 +17,9 @@ such as a kNN bank) in stored order (eval_batches).
 Images cross to the device as uint8 (4x fewer bytes than float32); the step divides by 255.
 Encoded (TFDS) training images reach the augmentation undecoded, which decodes only the JPEG
 window the two views' crops need (JPEG_DECODE). With config.aug.on_device the host ships crop +
-flip only and the step applies colour, grayscale and blur (simclr_jax/device_augment.py).
+flip only and the step applies colour, grayscale and blur (simclr_jax/data/device_augment.py).
 """
 
-import dataclasses
 import functools
 from typing import Iterator, Optional
 
@@ -31,6 +30,7 @@ import tensorflow as tf
 from simclr_jax.data import augment
 from simclr_jax.data import embedded
 from simclr_jax.data import errors
+from simclr_jax.data import sources
 from simclr_jax.data import streams
 
 _SHUFFLE_SALT = 1_000_003
@@ -38,198 +38,13 @@ _AUG_SALT = 2_000_003
 # How training views of encoded (TFDS) JPEGs are decoded: 'union' decodes once, only the window
 # that holds both views' crops (tf.io.decode_and_crop_jpeg), and slices each crop from it;
 # 'per_view' decodes each view's own window; 'whole' decodes the whole image once when it is read.
-# All three take the same crop windows; bench/input_pipeline.py measures them (README,
-# Performance). Other formats (PNG) are decoded whole once in every mode.
+# All three take the same crop windows; bench/input_pipeline.py measures them
+# (docs/performance.md). Other formats (PNG) are decoded whole once in every mode.
 JPEG_DECODE = 'union'
 JPEG_DECODES = ('union', 'per_view', 'whole')
-HEAD_LABELS = 256  # Labels get_info reads from the start of the probe and eval splits.
 
 
 DataConfigError = errors.DataConfigError
-
-
-class DataNotReadyError(RuntimeError):
-  """The requested TFDS data set is not prepared in data_dir (and downloads are off)."""
-
-
-class UnlabelledError(ValueError):
-  """A label outside [0, num_classes) would reach a classifier (kNN bank, probe, eval split).
-
-  TFDS marks examples without a label with -1 (stl10's 'unlabelled' split): pretraining may use
-  such a split, but the kNN bank and the linear probe need config.data.probe_train_split.
-  """
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  name: str
-  num_train: int  # Examples in the whole train split (all processes).
-  num_eval: int  # Examples in the whole eval split.
-  num_classes: int
-  num_probe_train: int = 0  # Examples in probe_split(config): the kNN bank's and probe's split.
-
-
-def probe_split(config: ml_collections.ConfigDict) -> str:
-  """The labelled split of the kNN bank and the final linear probe: data.probe_train_split, or
-  data.train_split when that is unset."""
-  return config.data.probe_train_split or config.data.train_split
-
-
-def _tfds_builder(config: ml_collections.ConfigDict):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  d = config.data
-  try:
-    builder = tfds.builder(d.dataset, data_dir=d.data_dir)
-  except Exception as e:  # tfds raises DatasetNotFoundError with a long list.
-    raise DataConfigError(f'config.data.dataset={d.dataset!r} is neither {embedded.NAME!r} nor '
-                          f'a TFDS builder: {str(e).splitlines()[0]}') from e
-  if not builder.is_prepared():
-    if d.download:
-      builder.download_and_prepare()
-    else:
-      manual = ''
-      if d.dataset.startswith('imagenet2012'):
-        manual = (' ImageNet cannot be downloaded automatically: put ILSVRC2012_img_train.tar and '
-                  'ILSVRC2012_img_val.tar in <data_dir>/downloads/manual/ first.')
-      command = (f'tfds build {d.dataset.split("/")[0]}'
-                 + (f' --config={d.dataset.split("/")[1]}' if '/' in d.dataset else '')
-                 + (f' --data_dir={d.data_dir}' if d.data_dir else ''))
-      raise DataNotReadyError(
-          f'TFDS data set {d.dataset!r} (config.data.dataset) is not prepared in '
-          f'data_dir={builder.data_dir_root!r} (looked for {builder.data_dir}): prepare it once '
-          f'with `{command}`, or set --config.data.download=True to let this job download '
-          f'it.{manual}')
-  return builder
-
-
-def get_info(config: ml_collections.ConfigDict) -> DatasetInfo:
-  """Sizes and class count, checked before any compilation. Raises with what to do if missing."""
-  d = config.data
-  keys = ('train_split', 'eval_split') + (('probe_train_split',) if d.probe_train_split else ())
-  if d.dataset == embedded.NAME:
-    for key in keys:
-      if d[key] not in embedded.SPLITS:
-        raise DataConfigError(f'config.data.{key}={d[key]!r} is not a split of {d.dataset}; '
-                              f'allowed: {sorted(embedded.SPLITS)}.')
-    sizes = {s: len(embedded.load(s)[1]) for s in (d.train_split, d.eval_split, probe_split(config))}
-    info = DatasetInfo(d.dataset, sizes[d.train_split], sizes[d.eval_split], embedded.NUM_CLASSES,
-                       sizes[probe_split(config)])
-    _check_head_labels(config, info.num_classes)
-    return info
-  builder = _tfds_builder(config)
-  splits = builder.info.splits
-  for key in keys:
-    split = d[key]
-    try:
-      splits[split]
-    except (KeyError, ValueError) as e:
-      raise DataConfigError(f'config.data.{key}={split!r} is not a split of {d.dataset}; '
-                            f'allowed: {sorted(splits.keys())}.') from e
-  label = builder.info.features['label']
-  info = DatasetInfo(d.dataset, splits[d.train_split].num_examples,
-                     splits[d.eval_split].num_examples, label.num_classes,
-                     splits[probe_split(config)].num_examples)
-  _check_head_labels(config, info.num_classes)
-  return info
-
-
-def _check_head_labels(config: ml_collections.ConfigDict, num_classes: int) -> None:
-  """Fails fast on an unlabelled probe or eval split from its first HEAD_LABELS labels (the
-  extraction checks every label on the devices later)."""
-  d = config.data
-  probe_key = ('probe_train_split' if d.probe_train_split else
-               'train_split (the kNN bank and probe split while data.probe_train_split is unset)')
-  for key, split in ((probe_key, probe_split(config)), ('eval_split', d.eval_split)):
-    check_labels(split_labels(config, split, limit=HEAD_LABELS), num_classes,
-                 f'config.data.{key}={split!r}')
-
-
-def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
-  """Raises UnlabelledError if any of `labels` is outside [0, num_classes)."""
-  labels = np.asarray(labels)
-  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise UnlabelledError(
-        f'{where}: labels must be in [0, {num_classes}) to train or score a classifier, found '
-        f'{int(labels.min())}..{int(labels.max())}' + (
-            ' (-1 is TFDS\'s "no label", e.g. stl10 \'unlabelled\'). Pretrain on it if you like, '
-            'but point the kNN bank and probes at a labelled split, e.g. '
-            '--config.data.probe_train_split=train for stl10 (linear_eval / finetune: '
-            '--config.data.train_split)' if labels.min() < 0 else '') + '.')
-
-
-def split_labels(config: ml_collections.ConfigDict, split: str, *, process_index: int = 0,
-                 process_count: int = 1, limit: Optional[int] = None) -> np.ndarray:
-  """Labels int32 of this process's contiguous share of `split` (shard_bounds), stored order.
-
-  Reads only labels (images stay encoded bytes): ImageNet's train split is one pass over its
-  records, 1/process_count of them per process. `limit`: only the first `limit` examples of the
-  split (the same on every process; process_index/count ignored).
-  """
-  d = config.data
-  if d.dataset == embedded.NAME:
-    labels = embedded.load(split)[1]
-    if limit is not None:
-      return labels[:limit]
-    lo, hi = shard_bounds(len(labels), process_index, process_count)
-    return labels[lo:hi]
-  builder = _tfds_builder(config)
-  _check_split(config, builder, split)
-  n = builder.info.splits[split].num_examples
-  lo, hi = (0, min(limit, n)) if limit is not None else shard_bounds(n, process_index,
-                                                                     process_count)
-  if hi <= lo:
-    return np.zeros((0,), np.int32)
-  ds = stored_order(builder, f'{split}[{lo}:{hi}]')
-  ds = ds.map(lambda ex: tf.cast(ex['label'], tf.int32), num_parallel_calls=tf.data.AUTOTUNE)
-  return np.fromiter(ds.as_numpy_iterator(), np.int32, count=hi - lo)
-
-
-def stored_order(builder, split: str) -> tf.data.Dataset:
-  """TFDS examples of `split` (e.g. 'train[100:200]') in the order they are stored, images as
-  encoded bytes. `shuffle_files=False` alone is not enough: TFDS still interleaves 16 files in
-  blocks of 16 records unless the set was built with disable_shuffling, which would permute
-  the positions that kNN banks, label fractions and eval indices refer to."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return builder.as_dataset(
-      split=split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()},
-      read_config=tfds.ReadConfig(interleave_cycle_length=1))
-
-
-def shard_bounds(n: int, process_index: int, process_count: int) -> tuple[int, int]:
-  """[start, end) of this process's contiguous share of n examples (sizes differ by at most 1)."""
-  return n * process_index // process_count, n * (process_index + 1) // process_count
-
-
-def source(config: ml_collections.ConfigDict, split: str, process_index: int = 0,
-           process_count: int = 1) -> tuple[tf.data.Dataset, int, int]:
-  """This process's share of `split` as {'image': uint8 [h,w,3], 'label': int32}, in the split's
-  stored order (no shuffling), with the share's size and the whole split's size."""
-  n = _split_size(config, split)
-  lo, hi = shard_bounds(n, process_index, process_count)
-  return _read_range(config, split, lo, hi), hi - lo, n
-
-
-def _split_size(config: ml_collections.ConfigDict, split: str) -> int:
-  if config.data.dataset == embedded.NAME:
-    return len(embedded.load(split)[1])
-  builder = _tfds_builder(config)
-  _check_split(config, builder, split)
-  return builder.info.splits[split].num_examples
-
-
-def _read_range(config: ml_collections.ConfigDict, split: str, lo: int, hi: int
-                ) -> tf.data.Dataset:
-  """Examples [lo, hi) of `split` in stored order: {'image': uint8 [h,w,3], 'label': int32}."""
-  if config.data.dataset == embedded.NAME:
-    images, labels = embedded.load(split)
-    return tf.data.Dataset.from_tensor_slices({'image': images[lo:hi], 'label': labels[lo:hi]})
-  ds = stored_order(_tfds_builder(config), f'{split}[{lo}:{hi}]')
-
-  def decode(ex):
-    image = tf.io.decode_image(ex['image'], channels=3, expand_animations=False)
-    return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
-
-  return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def make_views_fn(config: ml_collections.ConfigDict, stream_id: int = 0,
@@ -242,7 +57,7 @@ def make_views_fn(config: ml_collections.ConfigDict, stream_id: int = 0,
   bytes, decoded here as `jpeg_decode` says (JPEG_DECODE; augment.preprocess_views_for_train).
   `dtype` uint8 (what the pipeline ships: round(x * 255)) or float32 (the augmentation's own
   [0, 1] output; for the benchmark). With config.aug.on_device the views are crop + flip only;
-  colour distortion and blur then run in the train step (simclr_jax/device_augment.py).
+  colour distortion and blur then run in the train step (simclr_jax/data/device_augment.py).
   """
   if jpeg_decode not in JPEG_DECODES:
     raise ValueError(f'jpeg_decode={jpeg_decode!r}; allowed: {JPEG_DECODES}.')
@@ -331,15 +146,16 @@ def training_stream(config: ml_collections.ConfigDict, split: str, *, process_in
   b = per_process_batch(global_batch, process_count)
   salt = config.seed * shuffle_salt
   if in_memory(config):
-    examples = load_split(config, split)
+    examples = sources.load_split(config, split)
     if indices is not None:
       examples = {k: v[indices] for k, v in examples.items()}
     ds = streams.memory_stream(examples, global_batch=global_batch, process_index=process_index,
                                process_count=process_count, start_step=start_step, salt=salt)
-    return ds.map(lambda t, ex: (t, _decoded(ex, decode)), num_parallel_calls=tf.data.AUTOTUNE,
+    return ds.map(lambda t, ex: (t, sources.decoded(ex, decode)),
+                  num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True), 0
-  builder = _tfds_builder(config)
-  _check_split(config, builder, split)
+  builder = sources.tfds_builder(config)
+  sources.check_split(config, builder, split)
   if builder.info.file_format.value != 'tfrecord':
     raise DataConfigError(f'config.data.dataset={d.dataset!r} is stored as '
                           f'{builder.info.file_format.value}; file-backed training reads '
@@ -349,58 +165,12 @@ def training_stream(config: ml_collections.ConfigDict, split: str, *, process_in
   if indices is not None:
     keep = np.zeros((builder.info.splits[split].num_examples,), bool)
     keep[indices] = True
-  parse = functools.partial(_parse_record, builder.info.features, decode=decode)
+  parse = functools.partial(sources.parse_record, builder.info.features, decode=decode)
   ds, _ = streams.file_stream(
       builder.info.splits[split].file_instructions, b=b, process_index=process_index,
       process_count=process_count, start_step=start_step, salt=salt,
       shuffle_buffer=d.shuffle_buffer, parse=parse, keep=keep)
   return ds, process_index
-
-
-def _parse_record(features, record: tf.Tensor, decode: bool = True) -> dict:
-  from tensorflow_datasets import decode as tfds_decode  # pylint: disable=g-import-not-at-top
-  ex = features.deserialize_example(record, decoders={'image': tfds_decode.SkipDecoding()})
-  return _decoded({'image': ex['image'], 'label': ex['label']}, decode)
-
-
-def _decoded(ex: dict, decode: bool = True) -> dict:
-  """{'image': encoded bytes or uint8 pixels, 'label'} -> uint8 [h, w, 3] pixels (encoded bytes
-  kept as they are if not `decode`), int32 label."""
-  image = ex['image']
-  if decode and image.dtype == tf.string:
-    image = augment.decode_image(image)
-  return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
-
-
-@functools.lru_cache(maxsize=4)
-def _load_tfds_split(dataset: str, data_dir: Optional[str], split: str) -> dict:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  ds = stored_order(tfds.builder(dataset, data_dir=data_dir), split)
-  images, labels = [], []
-  for ex in ds.as_numpy_iterator():
-    images.append(ex['image'])
-    labels.append(ex['label'])
-  out = {'image': np.empty((len(images),), object), 'label': np.asarray(labels, np.int32)}
-  out['image'][:] = images
-  return out
-
-
-def load_split(config: ml_collections.ConfigDict, split: str) -> dict:
-  """The whole split in host memory, stored order: {'image': uint8 [n,h,w,3] (embedded) or
-  encoded bytes (object [n], TFDS: decoded per use), 'label': int32 [n]}. Cached per process."""
-  d = config.data
-  if d.dataset == embedded.NAME:
-    images, labels = embedded.load(split)
-    return {'image': images, 'label': labels}
-  _check_split(config, _tfds_builder(config), split)
-  return _load_tfds_split(d.dataset, d.data_dir, split)
-
-
-def _check_split(config, builder, split: str) -> None:
-  if split not in builder.info.splits:
-    raise DataConfigError(f'split {split!r} (config.data.train_split / eval_split) is not a '
-                          f'split of {config.data.dataset}; allowed: '
-                          f'{sorted(builder.info.splits.keys())}.')
 
 
 def num_eval_batches(num_examples: int, global_batch: int, process_count: int) -> int:
@@ -420,19 +190,22 @@ def eval_batches(config: ml_collections.ConfigDict, split: str, *, global_batch:
   `indices`: sorted stored-order positions of the only examples to yield (a kNN bank subset);
   each process then takes a contiguous share of them and reads just the stored range that share
   spans, decoding only the kept examples.
+  Padding is done here rather than by clu.deterministic_data.pad_dataset, which fills with
+  zeros: padding rows must carry index -1 (0 is a real position), and a process whose share is
+  empty (more processes than examples in a small bank) has no dataset to pad.
   """
   b = per_process_batch(global_batch, process_count)
   if indices is None:
-    total = _split_size(config, split) if num_examples is None else num_examples
-    lo, hi = shard_bounds(total, process_index, process_count)
-    ds = _read_range(config, split, lo, hi) if hi > lo else None
+    total = sources.split_size(config, split) if num_examples is None else num_examples
+    lo, hi = sources.shard_bounds(total, process_index, process_count)
+    ds = sources.read_range(config, split, lo, hi) if hi > lo else None
     positions = np.arange(lo, hi, dtype=np.int64)
   else:
     positions = np.asarray(indices, np.int64)
     total = len(positions)
     if np.any(np.diff(positions) <= 0) or (total and positions[0] < 0):
       raise ValueError('eval_batches: indices must be sorted, distinct and >= 0.')
-    lo, hi = shard_bounds(total, process_index, process_count)
+    lo, hi = sources.shard_bounds(total, process_index, process_count)
     positions = positions[lo:hi]
     ds = None
     if len(positions):
@@ -440,7 +213,7 @@ def eval_batches(config: ml_collections.ConfigDict, split: str, *, global_batch:
       keep = np.zeros((last - first,), bool)
       keep[positions - first] = True
       keep = tf.constant(keep)
-      ds = _read_range(config, split, first, last).enumerate().filter(
+      ds = sources.read_range(config, split, first, last).enumerate().filter(
           lambda i, ex: keep[i]).map(lambda i, ex: ex)
   num_batches = num_eval_batches(total, global_batch, process_count)
   size = config.data.image_size

@@ -105,8 +105,9 @@ def file_stream(files: list, *, b: int, process_index: int, process_count: int,
   else:
     n = int(sum(keep[offsets[i]:offsets[i] + takes[i]].sum() for i in mine))
   if n < b:
-    raise errors.DataConfigError(f'each of the {process_count} process(es) needs {b} examples per batch '
-                     f'(config.train.batch_size) but process {process_index} holds {n}.')
+    raise errors.DataConfigError(
+        f'each of the {process_count} process(es) needs {b} examples per batch '
+        f'(config.train.batch_size) but process {process_index} holds {n}.')
   names = tf.constant([files[i].filename for i in mine])
   skips = tf.constant([files[i].skip for i in mine], tf.int64)
   counts = tf.constant(takes[mine])

@@ -14,7 +14,8 @@ The stream follows input_pipeline's determinism contract (input_pipeline.trainin
 function of (config.seed, step, process layout), resumable at any step.
 """
 
-from typing import Optional
+import functools
+from typing import Iterator, Optional
 
 import ml_collections
 import numpy as np
@@ -68,3 +69,28 @@ def train_dataset(config: ml_collections.ConfigDict, *, process_index: int, proc
 
   ds = input_pipeline.skip_undecodable(ds, view, first=start_step * b)
   return ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def feature_batches(features: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
+                    start_step: int = 0, process_index: int = 0, process_count: int = 1
+                    ) -> Iterator[dict[str, np.ndarray]]:
+  """Infinite host-local {'features', 'label'} batches: epoch e is a permutation seeded by
+  (seed, e); global batch t is elements [t*B, (t+1)*B) of the concatenated epochs (resumable,
+  like the image stream), and this process yields its rows [p*B/P, (p+1)*B/P) of it, so each
+  example appears once per global batch whatever the number of processes."""
+  b = input_pipeline.per_process_batch(batch_size, process_count)
+  n = len(labels)
+  if n < batch_size:
+    raise ValueError(f'config.train.batch_size={batch_size} exceeds the {n} labelled examples.')
+
+  @functools.lru_cache(maxsize=3)
+  def perm(e):
+    return np.random.RandomState([seed, e]).permutation(n)
+
+  t = start_step
+  while True:
+    e, p = divmod(t * batch_size, n)
+    sel = np.concatenate([perm(e), perm(e + 1)])[p:p + batch_size]  # B <= n: two epochs at most.
+    sel = sel[process_index * b:(process_index + 1) * b]
+    yield {'features': features[sel], 'label': labels[sel]}
+    t += 1

@@ -1,8 +1,11 @@
-"""Models: the official-layout ResNet family, projection/supervised heads and the SimCLR wrapper."""
+"""Models: the official-layout ResNet family, projection/supervised heads and the SimCLR wrapper.
+
+Backend-neutral: nothing here knows which device runs it (how convolutions are computed comes in
+as resnet.Ops from the caller).
+"""
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -13,35 +16,22 @@ from simclr_jax.models import simclr
 
 def build_encoder(depth: int, width_multiplier: float = 1, sk_ratio: float = 0.0,
                   cifar_stem: bool = False, dtype: Any = jnp.float32,
-                  bn_momentum: float = 0.9, conv_impl: str = 'xla') -> resnet.ResNet:
-  """The encoder f as a Flax module: apply(variables, images [B,H,W,3], train) -> [B, D] float32."""
+                  bn_momentum: float = 0.9, ops: resnet.Ops = resnet.XLA_OPS) -> resnet.ResNet:
+  """The encoder f as a Flax module: apply(variables, images [B,H,W,3], train) -> [B, D] float32.
+  `ops`: how convolutions are computed (resnet.Ops; the caller chooses, e.g. cpu.model_ops)."""
   return resnet.ResNet(depth=depth, width_multiplier=width_multiplier, sk_ratio=sk_ratio,
-                       cifar_stem=cifar_stem, bn_momentum=bn_momentum, dtype=dtype,
-                       conv_impl=conv_impl)
+                       cifar_stem=cifar_stem, bn_momentum=bn_momentum, dtype=dtype, ops=ops)
 
 
-CONV_IMPLS = ('auto', 'xla', 'matmul_grad')
-
-
-def resolve_conv_impl(config: ml_collections.ConfigDict) -> str:
-  """'auto' -> 'matmul_grad' when this process computes on the CPU backend for a CPU run, else
-  'xla'. A compile-only plan for TPU/GPU (hardware.chip != 'cpu') keeps the accelerator program."""
-  impl = config.model.get('conv_impl', 'xla')  # Runs from before the key used XLA's.
-  if impl not in CONV_IMPLS:
-    raise ValueError(f'config.model.conv_impl={impl!r}; allowed: {list(CONV_IMPLS)}.')
-  if impl != 'auto':
-    return impl
-  chip = config.get('hardware', {}).get('chip', 'cpu')
-  return 'matmul_grad' if jax.default_backend() == 'cpu' and chip == 'cpu' else 'xla'
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int) -> simclr.SimCLR:
-  """The SimCLR model from `config.model`; the CIFAR stem is used iff image_size <= 32 (official)."""
+def build_model(config: ml_collections.ConfigDict, num_classes: int,
+                ops: resnet.Ops = resnet.XLA_OPS) -> simclr.SimCLR:
+  """The SimCLR model from `config.model`; the CIFAR stem is used iff image_size <= 32 (official).
+  `ops`: as build_encoder's (the jobs pass cpu.model_ops(config))."""
   m = config.model
   dtype = simclr.dtype_from_name(m.dtype)
   encoder = build_encoder(m.resnet_depth, m.width_multiplier, m.sk_ratio,
                           cifar_stem=config.data.image_size <= 32, dtype=dtype,
-                          bn_momentum=m.batch_norm_decay, conv_impl=resolve_conv_impl(config))
+                          bn_momentum=m.batch_norm_decay, ops=ops)
   proj = heads.ProjectionHead(mode=m.proj_head_mode, out_dim=m.proj_out_dim,
                               num_layers=m.num_proj_layers, ft_proj_selector=m.ft_proj_selector,
                               bn_momentum=m.batch_norm_decay, dtype=dtype)

@@ -2,7 +2,7 @@
 
 Official layer conventions: Dense kernels are initialised N(0, 0.01); a Dense followed by BN has no
 bias (BN carries the offset); hidden layers keep the BN centre and use ReLU; the output layer's BN
-has no centre. The official TF2 code crashes for proj_head_mode 'linear' and 'none' (see README);
+has no centre. The official TF2 code crashes for proj_head_mode 'linear' and 'none' (docs/method.md);
 here they do what the flag promises.
 """
 

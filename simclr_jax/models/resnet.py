@@ -20,14 +20,13 @@ stop_gradient sits at the input of group k+1, so no gradient reaches them. k = 4
 encoder; the default -1 changes nothing. Parameter names do not depend on k.
 """
 
+import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from simclr_jax.models import cpu_conv
 
 # Blocks per group. Depth 10 is not in the paper: one basic block per group, for tests and demos.
 BLOCKS_PER_GROUP = {
@@ -46,6 +45,25 @@ SK_MIN_DIM = 32
 conv_kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
 
 
+@dataclasses.dataclass(frozen=True)
+class Ops:
+  """How the encoder computes three things whose values and derivatives are fixed but whose
+  implementation a backend may choose (the model itself knows no backend): every default is
+  XLA's own; simclr_jax/cpu/kernels.py supplies faster ones for XLA:CPU.
+
+  conv_general_dilated: nn.Conv's, with lax.conv_general_dilated's signature (None: lax's).
+  max_pool: fn(x, window, strides, pads) for the stem's 3x3/2 'SAME' pool (None: nn.max_pool).
+  block_output: fn(out, anchor) -> out, applied to each residual block's output; `anchor` is the
+    block's last BN scale (None: the output as it is).
+  """
+  conv_general_dilated: Optional[Callable] = None
+  max_pool: Optional[Callable] = None
+  block_output: Optional[Callable] = None
+
+
+XLA_OPS = Ops()
+
+
 def uses_bottleneck(depth: int) -> bool:
   return depth >= BOTTLENECK_MIN_DEPTH
 
@@ -62,7 +80,7 @@ class ConvFixedPadding(nn.Module):
   kernel_size: int
   strides: int = 1
   dtype: Any = jnp.float32
-  conv_impl: str = 'xla'  # 'xla' or 'matmul_grad' (cpu_conv: same function, CPU-fast backward).
+  ops: Ops = XLA_OPS
 
   @nn.compact
   def __call__(self, x):
@@ -71,8 +89,7 @@ class ConvFixedPadding(nn.Module):
         self.features, (self.kernel_size, self.kernel_size), (self.strides, self.strides),
         padding=((pad, self.kernel_size - 1 - pad),) * 2, use_bias=False, dtype=self.dtype,
         kernel_init=conv_kernel_init,
-        conv_general_dilated=(cpu_conv.conv_general_dilated
-                              if self.conv_impl == 'matmul_grad' else None))(x)
+        conv_general_dilated=self.ops.conv_general_dilated)(x)
 
 
 class BatchNormRelu(nn.Module):
@@ -100,19 +117,19 @@ class SelectiveKernel(nn.Module):
   sk_ratio: float
   bn: Any
   dtype: Any = jnp.float32
-  conv_impl: str = 'xla'
+  ops: Ops = XLA_OPS
 
   @nn.compact
   def __call__(self, x, train: bool):
     f = self.features
-    y = ConvFixedPadding(2 * f, 3, self.strides, self.dtype, self.conv_impl, name='conv')(x)
+    y = ConvFixedPadding(2 * f, 3, self.strides, self.dtype, self.ops, name='conv')(x)
     y = self.bn(name='bn_conv')(y, train)
     b0, b1 = y[..., :f], y[..., f:]
     g = jnp.mean(b0 + b1, axis=(1, 2), keepdims=True)
     mid = max(int(f * self.sk_ratio), SK_MIN_DIM)
-    g = ConvFixedPadding(mid, 1, 1, self.dtype, self.conv_impl, name='fc_reduce')(g)
+    g = ConvFixedPadding(mid, 1, 1, self.dtype, self.ops, name='fc_reduce')(g)
     g = self.bn(name='bn_reduce')(g, train)
-    a = ConvFixedPadding(2 * f, 1, 1, self.dtype, self.conv_impl, name='fc_attention')(g)
+    a = ConvFixedPadding(2 * f, 1, 1, self.dtype, self.ops, name='fc_attention')(g)
     a = nn.softmax(jnp.stack([a[..., :f], a[..., f:]], axis=0), axis=0)
     return a[0] * b0 + a[1] * b1
 
@@ -124,7 +141,7 @@ class Shortcut(nn.Module):
   resnet_d: bool
   bn: Any
   dtype: Any = jnp.float32
-  conv_impl: str = 'xla'
+  ops: Ops = XLA_OPS
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -135,7 +152,7 @@ class Shortcut(nn.Module):
       else:  # TF's stride-1 SAME average pool: pads after, and excludes the padding from the mean.
         x = nn.avg_pool(x, (2, 2), (1, 1), padding='SAME', count_include_pad=False)
       strides = 1
-    x = ConvFixedPadding(self.features, 1, strides, self.dtype, self.conv_impl, name='conv')(x)
+    x = ConvFixedPadding(self.features, 1, strides, self.dtype, self.ops, name='conv')(x)
     return self.bn(relu=False, name='bn')(x, train)
 
 
@@ -148,22 +165,22 @@ class ResidualBlock(nn.Module):
   sk_ratio: float
   bn: Any
   dtype: Any = jnp.float32
-  conv_impl: str = 'xla'
+  ops: Ops = XLA_OPS
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(ConvFixedPadding, dtype=self.dtype, conv_impl=self.conv_impl)
+    conv = functools.partial(ConvFixedPadding, dtype=self.dtype, ops=self.ops)
     out_features = 4 * self.filters if self.bottleneck else self.filters
     shortcut = x
     if self.use_projection:
       shortcut = Shortcut(out_features, self.strides, self.sk_ratio > 0, self.bn, self.dtype,
-                          self.conv_impl, name='shortcut')(x, train)
+                          self.ops, name='shortcut')(x, train)
     if self.bottleneck:
       y = conv(self.filters, 1, 1, name='conv1')(x)
       y = self.bn(name='bn1')(y, train)
       if self.sk_ratio > 0:
         y = SelectiveKernel(self.filters, self.strides, self.sk_ratio, self.bn, self.dtype,
-                            self.conv_impl, name='sk_conv2')(y, train)
+                            self.ops, name='sk_conv2')(y, train)
       else:
         y = conv(self.filters, 3, self.strides, name='conv2')(y)
         y = self.bn(name='bn2')(y, train)
@@ -175,9 +192,9 @@ class ResidualBlock(nn.Module):
       y = conv(self.filters, 3, 1, name='conv2')(y)
       y = self.bn(relu=False, init_zero=True, name='bn2')(y, train)
     out = nn.relu(y + shortcut)
-    if self.conv_impl == 'matmul_grad':  # CPU only: the output computed once, see materialize.
+    if self.ops.block_output is not None:
       params = self.variables['params']
-      out = cpu_conv.materialize(out, params['bn3' if self.bottleneck else 'bn2']['bn']['scale'])
+      out = self.ops.block_output(out, params['bn3' if self.bottleneck else 'bn2']['bn']['scale'])
     return out
 
 
@@ -190,7 +207,7 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
   fine_tune_after_block: int = -1  # -1: all trainable; k in 0..4: freeze stem and groups 1..k.
-  conv_impl: str = 'xla'  # 'matmul_grad' on the CPU backend only (models.resolve_conv_impl).
+  ops: Ops = XLA_OPS  # How convolutions, the stem pool and block outputs are computed.
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -199,7 +216,7 @@ class ResNet(nn.Module):
       raise ValueError(f'resnet_depth={self.depth} is not supported; allowed: '
                        f'{sorted(BLOCKS_PER_GROUP)}.')
     bn = functools.partial(BatchNormRelu, momentum=self.bn_momentum, dtype=self.dtype)
-    conv = functools.partial(ConvFixedPadding, dtype=self.dtype, conv_impl=self.conv_impl)
+    conv = functools.partial(ConvFixedPadding, dtype=self.dtype, ops=self.ops)
     w = self.width_multiplier
     x = x.astype(self.dtype)
     train_stem = train and k < 0  # Frozen parts keep BN in inference mode.
@@ -217,9 +234,9 @@ class ResNet(nn.Module):
       else:
         x = conv(int(64 * w), 7, 2, name='stem_conv')(x)
         x = bn(name='stem_bn')(x, train_stem)
-      if self.conv_impl == 'matmul_grad':  # CPU: a gradient without select_and_scatter.
+      if self.ops.max_pool is not None:
         pads = jax.lax.padtype_to_pads(x.shape[1:3], (3, 3), (2, 2), 'SAME')
-        x = cpu_conv.max_pool(x, (3, 3), (2, 2), tuple((int(a), int(b)) for a, b in pads))
+        x = self.ops.max_pool(x, (3, 3), (2, 2), tuple((int(a), int(b)) for a, b in pads))
       else:
         x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
     bottleneck = uses_bottleneck(self.depth)
@@ -230,7 +247,7 @@ class ResNet(nn.Module):
         x = ResidualBlock(
             filters=int(base * w), strides=(1 if g == 0 else 2) if b == 0 else 1,
             use_projection=b == 0, bottleneck=bottleneck, sk_ratio=self.sk_ratio, bn=bn,
-            dtype=self.dtype, conv_impl=self.conv_impl,
+            dtype=self.dtype, ops=self.ops,
             name=f'group{g + 1}_block{b}')(x, train and g + 1 > k)
     if k >= len(BLOCKS_PER_GROUP[self.depth]):
       x = jax.lax.stop_gradient(x)

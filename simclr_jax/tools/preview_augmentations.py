@@ -49,7 +49,8 @@ def make_tiles(config, num_images: int, num_pairs: int) -> tuple[np.ndarray, np.
   """(eval views uint8 [n, S, S, 3], training views uint8 [n, num_pairs, 2, S, S, 3])."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from simclr_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  src, n, _ = input_pipeline.source(config, config.data.train_split, 0, 1)
+  from simclr_jax.data import sources  # pylint: disable=g-import-not-at-top
+  src, n, _ = sources.source(config, config.data.train_split, 0, 1)
   if n < num_images:
     raise ValueError(f'--num_images={num_images} but the split holds only {n} images.')
   views_fn = input_pipeline.make_views_fn(config)

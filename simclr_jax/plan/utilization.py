@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import jax
 
-from simclr_jax import chips
+from simclr_jax.plan import chips
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +73,7 @@ def describe(flops: Optional[float], pk: Optional[Peak], kind: str) -> str:
   if flops is None:
     return 'MFU: not reported (XLA gave no FLOP count for the step).'
   if pk is None:
-    return (f'MFU: not reported (no peak for device kind {kind!r} in simclr_jax/chips.py); '
+    return (f'MFU: not reported (no peak for device kind {kind!r} in simclr_jax/plan/chips.py); '
             f'step: {flops / 1e9:,.1f} GFLOP (XLA cost analysis).')
   return (f'MFU = {flops / 1e9:,.1f} GFLOP per step (XLA cost analysis, all devices) / step time '
           f'/ peak {pk.description}.')

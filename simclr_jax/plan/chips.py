@@ -1,6 +1,6 @@
 """What one JAX device of each accelerator offers: memory and dense bf16 peak FLOP/s.
 
-Used by the compile-only plan (simclr_jax/plan.py) to put XLA's per-device figures against the
+Used by the compile-only plan (simclr_jax/plan/train_plan.py) to put XLA's per-device figures against the
 hardware, and meant for MFU in progress lines. Every entry is per JAX DEVICE: a TPU v3 chip has
 two TensorCores that JAX sees as two devices, so its entry is half the chip; from v4 on, a TPU
 chip is one device (v4 and v5p by megacore). GPU peaks are dense (NVIDIA's datasheets print the

@@ -6,8 +6,8 @@ features (config.data.probe_train_split, possibly a class-balanced subset), the 
 eval split's. Each query takes its k most similar bank entries; neighbour i votes for its label
 with weight exp(sim_i / T), and the class with the largest summed weight wins.
 
-`knn_scores_sharded` (what training uses) leaves the bank where evaluate.extract_sharded put it,
-sharded over the devices. Queries go through in chunks of `chunk_size`: a chunk is all-gathered,
+`knn_scores_sharded` (what training uses) leaves the bank where feature_store.extract_sharded put
+it, sharded over the devices. Queries go through in chunks of `chunk_size`: a chunk is all-gathered,
 every device scores it against its bank shard (in bank chunks, keeping a running top-k), and an
 all-to-all hands each device the devices' partial top-k lists of its own queries, which it merges
 and votes on. Per device: the bank and query shards, plus O(chunk x (k + bank chunk)) working
@@ -22,9 +22,9 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
-from simclr_jax import evaluate
+from simclr_jax.evaluators import feature_store
 from simclr_jax import sharding
-from simclr_jax.data import input_pipeline
+from simclr_jax.data import sources
 
 AXIS = sharding.DATA_AXIS
 ROWS = P(AXIS)
@@ -120,8 +120,8 @@ def knn_classify(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, n
                  chunk_size: int = 1024, bank_chunk_size: int = 65536) -> dict[str, float]:
   """kNN top-1/top-5 of `test` = (features [Q, D], labels [Q]) against the bank `train`."""
   (xtr, ytr), (xte, yte) = train, test
-  input_pipeline.check_labels(ytr, num_classes, 'kNN bank labels')
-  input_pipeline.check_labels(yte, num_classes, 'kNN query labels')
+  sources.check_labels(ytr, num_classes, 'kNN bank labels')
+  sources.check_labels(yte, num_classes, 'kNN query labels')
   scores = knn_scores(xtr, ytr, xte, num_classes, k=k, temperature=temperature,
                       chunk_size=chunk_size, bank_chunk_size=bank_chunk_size)
   yte = np.asarray(yte)
@@ -168,7 +168,7 @@ def _local_top_k(queries, bank, bank_labels, bank_ok, *, k, bank_chunk):
 
 @functools.partial(jax.jit, static_argnames=('mesh', 'num_classes', 'k', 'chunk_size',
                                              'bank_chunk_size'))
-def _scores_sharded(bank, bank_labels, bank_ok, queries, temperature, *, mesh, num_classes, k,
+def scores_sharded(bank, bank_labels, bank_ok, queries, temperature, *, mesh, num_classes, k,
                     chunk_size, bank_chunk_size):
   """Class scores [Rq, C] of every query row, sharded like the queries."""
   n = mesh.size
@@ -198,33 +198,34 @@ def _scores_sharded(bank, bank_labels, bank_ok, queries, temperature, *, mesh, n
       bank, bank_labels, bank_ok, queries, temperature)
 
 
-def knn_scores_sharded(bank: 'evaluate.Sharded', queries: 'evaluate.Sharded', num_classes: int,
-                       mesh: jax.sharding.Mesh, *, k: int = 200, temperature: float = 0.1,
-                       chunk_size: int = 1024, bank_chunk_size: int = BANK_CHUNK) -> jax.Array:
+def knn_scores_sharded(bank: 'feature_store.Sharded', queries: 'feature_store.Sharded',
+                       num_classes: int, mesh: jax.sharding.Mesh, *, k: int = 200,
+                       temperature: float = 0.1, chunk_size: int = 1024,
+                       bank_chunk_size: int = BANK_CHUNK) -> jax.Array:
   """Temperature-weighted kNN class scores [Rq, num_classes] float32 of every row of `queries`
   (sharded like them; padding rows hold garbage) against the real rows of `bank`.
 
-  bank / queries: evaluate.Sharded with [R, D] features as outputs. k is clipped to the bank's
+  bank / queries: feature_store.Sharded with [R, D] features as outputs. k is clipped to the bank's
   size. `chunk_size` queries are scored at once (each device scores all of them against its bank
   shard, `bank_chunk_size` rows at a time).
   """
   k = int(max(1, min(k, bank.num_examples)))
-  return _scores_sharded(bank.outputs, bank.label, bank.mask > 0, queries.outputs,
+  return scores_sharded(bank.outputs, bank.label, bank.mask > 0, queries.outputs,
                          jnp.float32(temperature), mesh=mesh, num_classes=num_classes, k=k,
                          chunk_size=int(chunk_size), bank_chunk_size=int(bank_chunk_size))
 
 
-def knn_classify_sharded(bank: 'evaluate.Sharded', queries: 'evaluate.Sharded', num_classes: int,
-                         mesh: jax.sharding.Mesh, *, k: int = 200, temperature: float = 0.1,
-                         chunk_size: int = 1024, bank_chunk_size: int = BANK_CHUNK
-                         ) -> dict[str, float]:
-  """kNN top-1/top-5 of `queries` against `bank` (both evaluate.Sharded, features as outputs);
+def knn_classify_sharded(bank: 'feature_store.Sharded', queries: 'feature_store.Sharded',
+                         num_classes: int, mesh: jax.sharding.Mesh, *, k: int = 200,
+                         temperature: float = 0.1, chunk_size: int = 1024,
+                         bank_chunk_size: int = BANK_CHUNK) -> dict[str, float]:
+  """kNN top-1/top-5 of `queries` against `bank` (both feature_store.Sharded, features as outputs);
   the same dict as knn_classify. Only the hit counts leave the devices."""
-  evaluate.check_labels(bank, num_classes, 'kNN bank')
-  evaluate.check_labels(queries, num_classes, 'kNN queries')
+  feature_store.check_labels(bank, num_classes, 'kNN bank')
+  feature_store.check_labels(queries, num_classes, 'kNN queries')
   scores = knn_scores_sharded(bank, queries, num_classes, mesh, k=k, temperature=temperature,
                               chunk_size=chunk_size, bank_chunk_size=bank_chunk_size)
-  top1, top5 = evaluate.topk_accuracies(scores, queries, (1, 5))
+  top1, top5 = feature_store.topk_accuracies(scores, queries, (1, 5))
   return {'top1': top1, 'top5': top5, 'k': int(max(1, min(k, bank.num_examples))),
           'temperature': float(temperature), 'num_train': int(bank.num_examples),
           'num_eval': int(queries.num_examples)}

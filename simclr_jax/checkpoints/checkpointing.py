@@ -25,6 +25,7 @@ from typing import Any, Optional
 import uuid
 
 from etils import epath
+from flax import traverse_util
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -160,15 +161,9 @@ def _move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
   return str(dst)
 
 
-def flat(config: dict, prefix: str = '') -> dict:
+def flat(config: dict) -> dict:
   """{'group.key': value} of a nested config dict."""
-  out = {}
-  for k, v in config.items():
-    if isinstance(v, dict):
-      out.update(flat(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
+  return traverse_util.flatten_dict(config, sep='.')
 
 
 # Keys added after runs were written, with the value that reproduces those runs: absent in an old

@@ -19,6 +19,8 @@ import matplotlib
 from matplotlib import figure as mpl_figure
 import numpy as np
 
+from simclr_jax.evaluators import knn
+
 METHODS = ('auto', 'tsne', 'pca')
 TSNE_MAX_POINTS = 5000  # 'auto' uses t-SNE up to this many points, PCA above.
 TSNE_INPUT_DIMS = 50  # Features are first reduced to this many principal axes (sklearn's advice).
@@ -72,8 +74,7 @@ def project_2d(features: np.ndarray, method: str = 'auto', seed: int = 0
 
   Unit-norm features first: the kNN monitor and NT-Xent see cosine geometry.
   """
-  x = np.asarray(features, np.float64)
-  x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  x = knn.l2_normalize(np.asarray(features, np.float64))
   method = resolve_method(method, len(x))
   if method == 'tsne':
     return (tsne_2d(x, seed), 't-SNE of L2-normalised features',

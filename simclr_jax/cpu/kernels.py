@@ -3,19 +3,15 @@
 Same function and derivatives as `lax.conv_general_dilated` (NHWC input, HWIO kernel, explicit
 padding, no dilation, one group); only how some parts are computed differs. Why: with XLA's
 multi-threaded Eigen convolutions (xla_cpu.py) most convolutions and their gradients are fastest
-left to XLA, but three kinds were measured far slower than the same arithmetic as matrix products
-(2 cores, per layer, `bench/train_step.py` shapes; README "Performance"):
-- 1x1 convolutions' weight gradients (e.g. 31.5 -> 12.6 ms for ResNet-18's strided shortcut,
-  35.7 -> 7.8 ms for a ResNet-50 bottleneck's 256 -> 128) and input gradients (26 -> 16 ms);
-- strided convolutions' input gradients, which XLA computes over an input-dilated map (a
-  ResNet-18 stride-2 3x3: 96 -> 48 ms; a ResNet-50 4x4 -> 2x2 one: 383 -> 7 ms);
+left to XLA, but three kinds run several times slower than the same arithmetic as matrix
+products (bench/conv_layers.py measures each layer; docs/performance.md has the figures):
+- 1x1 convolutions' weight and input gradients;
+- strided convolutions' input gradients, which XLA computes over an input-dilated map;
 - feature maps smaller than the kernel (2x2 under 3x3, a ResNet-50's last stage at 64 px),
-  where XLA swaps input and kernel and runs its naive loop emitter: 364 -> 6 ms forward,
-  379 -> 5 ms input gradient.
+  where XLA swaps input and kernel and runs its naive loop emitter.
 Here a weight gradient is one matrix product per kernel tap (dy^T @ shifted input), and an input
 gradient is per tap dy @ w^T scattered back with an interior pad. Everything else (forward
-passes, stride-1 3x3 gradients) stays XLA's. Whole steps, 1 device: ResNet-50 64 px 3.7-4.1 ->
-1.2-1.4 s, ResNet-50 224 px 5.0 -> 3.9 s, ResNet-18 32 px unchanged (2.7-3.0 s).
+passes, stride-1 3x3 gradients) stays XLA's.
 
 `materialize` (below) is another CPU-only piece: residual blocks' outputs computed once, not
 re-computed inside each weight gradient's layout change; `max_pool` the third: the ImageNet
@@ -31,6 +27,8 @@ from typing import Any, Sequence
 import jax
 from jax import lax
 import jax.numpy as jnp
+
+from simclr_jax.models import resnet
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -164,9 +162,8 @@ def materialize(x, anchor):
   Why: XLA:CPU fuses a cheap element-wise producer into each of its consumers. A residual
   block's output (BN, addition, ReLU, and through an identity shortcut the previous block's as
   well: up to three BNs) was re-computed inside the weight gradients' NHWC -> CHWN transposes,
-  element by element in a cache-hostile order: 88-105 ms for the 33 MB input of ResNet-18's
-  first stride-2 block at 32 px, 28 ms once it is a buffer; whole step 1.07-1.4x in six
-  alternated pairs. XLA does not duplicate a division into several consumers, and x / 1 is
+  element by element in a cache-hostile order, several times slower than reading it once from a
+  buffer (docs/performance.md). XLA does not duplicate a division into several consumers, and x / 1 is
   exact, as is the gradient's g / 1. `one` must not be a constant (XLA drops x / 1) and must be
   a scalar (XLA turns a division by a per-channel vector into a product with its reciprocal,
   which it duplicates): it is anchor[0] * 0 + 1, which XLA does not fold for floats, under
@@ -182,10 +179,8 @@ def max_pool(x, window: tuple[int, int], strides: tuple[int, int],
              padding: tuple[tuple[int, int], tuple[int, int]]):
   """Max pooling (NHWC, explicit padding) whose gradient avoids select_and_scatter on CPU.
 
-  Why: XLA:CPU runs the max pool's gradient (select_and_scatter) as a scatter. Pool forward +
-  backward, the 3x3/2 pool of a ResNet-50 at 64 px (64 views of 32x32x64): 90-100 ms with
-  XLA's gradient, 34-42 ms with this one; at 224 px (16 views of 112x112x64) 279-304 vs 94-136
-  ms; ResNet-50 64 px B32 training step 1.03-1.18 s vs 1.21-1.33 s (four alternated pairs).
+  Why: XLA:CPU runs the max pool's gradient (select_and_scatter) as a scatter, 2-3x slower than
+  this (docs/performance.md).
   Here the gradient is element-wise: each output's first window tap (row-major) that holds the
   maximum receives dy (where TensorFlow's MaxPoolGrad and select_and_scatter with `ge` send it),
   placed back with an interior pad. The forward pass is XLA's reduce_window.
@@ -217,3 +212,8 @@ def _max_pool_bwd(window, strides, padding, residuals, dy):
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+# What the encoder uses on XLA:CPU (models.resnet.Ops; cpu.model_ops picks it).
+CPU_OPS = resnet.Ops(conv_general_dilated=conv_general_dilated, max_pool=max_pool,
+                     block_output=materialize)

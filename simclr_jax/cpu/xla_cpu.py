@@ -1,21 +1,23 @@
 """The one XLA:CPU setting that CPU runs need, put into XLA_FLAGS before JAX starts its backend.
 
 Why: jaxlib 0.10-0.11 hands every convolution on the CPU to YNNPACK, which runs it on ONE
-thread (a 2-core machine showed 1.0 cores busy). Turning YNNPACK off for convolutions only
+thread. Turning YNNPACK off for convolutions only
 (`--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`; its matrix products stay)
-sends them to XLA's Eigen convolution, which uses every core: on 2 cores a ResNet-18's 3x3
-convolution went from 123 to 63 ms forward, 103 to 52 ms input gradient and 299 to 88 ms weight
-gradient, and the 32 px ResNet-18 training step from 5.4 to 2.8-3.1 s (README "Performance").
-Turning YNNPACK off altogether was slower (4.2 s): its matrix products are the fast ones.
+sends them to XLA's Eigen convolution, which uses every core: the training step on CPU gets
+about twice as fast (docs/performance.md has the measurements). Turning YNNPACK off altogether
+is slower: its matrix products are the fast ones.
 
-The flag is an xla_cpu_* option: TPU and GPU computations ignore it. It is applied on
-`import simclr_jax` (package __init__) because XLA reads XLA_FLAGS once, when the first JAX
-computation starts the backend; it is left alone when
+The flag is an xla_cpu_* option: TPU and GPU computations ignore it. XLA reads XLA_FLAGS once,
+when the first JAX computation starts the backend, so `configure()` must run before that: the
+entry points (simclr_jax.main, simclr_jax.plan, bench/) call it before importing JAX, and a
+notebook calls it in its first cell. Importing simclr_jax changes nothing. It leaves XLA_FLAGS
+alone when
 - XLA_FLAGS already names the flag (the user's choice wins),
 - SIMCLR_JAX_XLA_CPU_FLAGS=0 is set (opt-out),
 - the installed jaxlib is outside the versions known to have the flag (an unknown flag in
   XLA_FLAGS aborts the process), or
-- JAX's backends are already running (too late; e.g. a notebook that ran JAX first).
+- JAX's backends are already running (too late). JAX has no public API to ask that:
+  _backends_running isolates the private one (tests/test_xla_cpu.py checks it still answers).
 `STATUS` says which; the first progress report of a CPU run prints it.
 """
 
@@ -62,8 +64,9 @@ def decide(environ, jaxlib_version, backends_running: bool) -> tuple[bool, str]:
     return False, (f'YNNPACK convolutions kept: jaxlib {jaxlib_version} is not one known to '
                    f'have {FLAG}')
   if backends_running:
-    return False, ('YNNPACK convolutions kept: JAX was already running when simclr_jax was '
-                   'imported (import it first for multi-threaded CPU convolutions)')
+    return False, ('YNNPACK convolutions kept: JAX was already running when '
+                   'xla_cpu.configure() was called (call it first for multi-threaded CPU '
+                   'convolutions)')
   return True, 'Eigen multi-threaded convolutions (YNNPACK off for convolutions)'
 
 

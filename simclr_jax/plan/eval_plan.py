@@ -86,8 +86,9 @@ def compile_eval_plan(config, num_devices: int, num_probe: int, num_eval: int,
   # pylint: disable=protected-access
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from simclr_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from simclr_jax import knn  # pylint: disable=g-import-not-at-top
+  from simclr_jax.evaluators import feature_store  # pylint: disable=g-import-not-at-top
+  from simclr_jax.evaluators import linear_probe  # pylint: disable=g-import-not-at-top
+  from simclr_jax.evaluators import knn  # pylint: disable=g-import-not-at-top
   from simclr_jax import sharding  # pylint: disable=g-import-not-at-top
   from simclr_jax.models import resnet  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh(jax.devices()[:num_devices])
@@ -115,32 +116,32 @@ def compile_eval_plan(config, num_devices: int, num_probe: int, num_eval: int,
   spe = max(1, int(round(num_probe / e.probe_batch_size)))
   jobs = {
       'store': (
-          evaluate._write, ((feats(rp), meta(rp)), (feats(b), meta(b)), jnp.int32(0)),
+          feature_store.write_rows, ((feats(rp), meta(rp)), (feats(b), meta(b)), jnp.int32(0)),
           dict(mesh=mesh)),
       'knn': (
-          knn._scores_sharded,
+          knn.scores_sharded,
           (feats(rows['bank']), arr((rows['bank'],), jnp.int32), arr((rows['bank'],), jnp.bool_),
            feats(re_), jnp.float32(0.1)), knn_kw),
       'online_acc': (
-          evaluate._topk_correct,
+          feature_store.topk_correct,
           (arr((re_, num_classes)), arr((re_,), jnp.int32), arr((re_,))),
           dict(ks=(1, min(5, num_classes)), mesh=mesh)),
       'moments': (
-          evaluate._moments, (feats(rp), arr((rp,))), dict(mesh=mesh)),
+          linear_probe.moments, (feats(rp), arr((rp,))), dict(mesh=mesh)),
       'fit': (
-          evaluate._fit_sharded,
+          linear_probe.fit_sharded,
           (feats(rp), *meta(rp).values(), vec, vec, jnp.float32(0.01), jnp.float32(1e-4)),
           dict(mesh=mesh, num_classes=num_classes, steps=int(e.probe_steps),
-               steps_per_epoch=spe, capacity=evaluate.probe_capacity(rp // num_devices, spe),
+               steps_per_epoch=spe, capacity=linear_probe.probe_capacity(rp // num_devices, spe),
                seed=0)),
       'probe_acc': (
-          evaluate._probe_correct,
+          linear_probe.probe_correct,
           (feats(rp), arr((rp,), jnp.int32), arr((rp,)), vec, vec, params),
           dict(mesh=mesh, ks=(1, min(5, num_classes)))),
   }
   if rows['bank'] != rp:
     jobs['knn_whole'] = (
-        knn._scores_sharded,
+        knn.scores_sharded,
         (feats(rp), arr((rp,), jnp.int32), arr((rp,), jnp.bool_), feats(re_), jnp.float32(0.1)),
         dict(knn_kw, k=int(min(e.knn_k, num_probe))))
   t = time.perf_counter()

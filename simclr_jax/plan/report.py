@@ -1,0 +1,101 @@
+"""The plan's printed report: what the compiled step needs per device, against the chip, and
+what the run costs in time at the chip's peak and at stated utilisations."""
+
+from simclr_jax.plan import chips
+
+# The paper's speed (100 epochs of R50 at B 4096 on 128 TPU v3 cores in ~1.5 h) as utilisation:
+# 31,279 steps x 1.993e14 FLOPs (flops.py) / (5,400 s x 128 x 61.5e12) = 0.147 (test_plan checks).
+PAPER_MFU = 0.15
+UTILISATIONS = ((1.0, '100% of peak'), (0.40, '40% MFU'), (PAPER_MFU, '15% (paper, TPU v3)'))
+MIB = 2 ** 20
+
+
+def _gflop(flops: float) -> str:
+  return f'{flops / 1e9:10.2f}' if flops >= 1e9 else f'{flops / 1e9:10.4f}'
+
+
+def _duration(seconds: float) -> str:
+  if seconds < 1:
+    return f'{seconds * 1e3:.1f} ms'
+  if seconds < 120:
+    return f'{seconds:.1f} s'
+  return f'{seconds / 60:.1f} min' if seconds < 7200 else f'{seconds / 3600:.2f} h'
+
+
+def format_plan(config, plan, chip: chips.Chip, chip_key: str, num_train: int,
+                data_source: str, config_path: str) -> str:
+  """The printed report of a train_plan.Plan: header, compiled line, memory, FLOPs and time
+  tables."""
+  m, d, n, b = config.model, config.data, plan.num_devices, config.train.batch_size
+  memory, peak, shared = chip.memory_bytes, chip.peak_flops, ''
+  if chip_key == 'cpu':  # Emulated devices share one host: each gets 1/n of its RAM and cores.
+    memory, peak, shared = memory // n, peak / n, f' (host shared by {n} devices: 1/{n} each)'
+  total_steps = num_train * config.train.epochs // b + 1 if config.train.steps <= 0 else None
+  steps_100 = num_train * 100 // b + 1  # optim.total_steps's formula at 100 epochs.
+  nb, a, av = plan.nbytes, plan.analytic, plan.analytic_valid
+  parts = nb['params'] + nb['opt_state'] + nb['other_state'] + nb['batch']
+  per_device_flops = a['total'] / n
+  lines = [
+      f'plan: {config_path} ({config.name}) on {n} x {chip_key}: {chip.name}, '
+      f'{memory / 2**30:.2f} GiB, {peak / 1e12:.4g} TFLOP/s per device{shared} [{chip.source}]',
+      f'model: ResNet-{m.resnet_depth} x{m.width_multiplier:g} (sk_ratio {m.sk_ratio:g}) '
+      f'{m.dtype} at {d.image_size} px; {plan.num_params:,} parameters '
+      f'(encoder {plan.encoder_params:,}); {config.optim.optimizer}',
+      f'data: {d.dataset} {d.train_split!r} {num_train:,} examples ({data_source}); global batch '
+      f'{b} = {b // n} per device; 100 epochs = {steps_100:,} steps'
+      + (f'; this config: {total_steps:,} steps' if total_steps not in (None, steps_100) else '')
+      + (f'; this config: train.steps={config.train.steps}' if total_steps is None else ''),
+      f'compiled: steps.train_step (jit, state donated, params replicated, batch sharded over '
+      f'\'data\') for {n} emulated CPU devices at the real per-device batch ({b // n} pairs = '
+      f'{2 * b // n} views of {d.image_size} px) and the full model: nothing scaled; '
+      f'lower {plan.lower_s:.1f} s, compile {plan.compile_s:.1f} s',
+      '',
+      f'{"memory per device (XLA memory_analysis)":58s} {"MiB":>10s}',
+      f'  {"parameters (float32)":56s} {nb["params"] / MIB:10.1f}',
+      f'  {"optimiser state":56s} {nb["opt_state"] / MIB:10.1f}',
+      f'  {"BN statistics + step":56s} {nb["other_state"] / MIB:10.1f}',
+      f'  {"batch input (uint8 views, int32 labels)":56s} {nb["batch"] / MIB:10.1f}',
+      f'  {"= arguments (argument_size_in_bytes)":56s} {nb["arguments"] / MIB:10.1f}'
+      + ('' if nb['arguments'] == parts else '  (!= sum of the parts above)'),
+      f'  {"temporaries (temp_size_in_bytes)":56s} {nb["temp"] / MIB:10.1f}',
+      f'  {"outputs not aliased to donated inputs":56s} '
+      f'{(nb["outputs"] - nb["alias"]) / MIB:10.1f}',
+      f'  {"total":56s} {nb["total"] / MIB:10.1f}  = {nb["total"] / memory:.1%} of '
+      f'{memory / 2**30:.2f} GiB: ' + (f'headroom {1 - nb["total"] / memory:.1%}'
+                                       if nb['total'] <= memory else
+                                       'OVER the chip\'s memory by XLA:CPU\'s count (see notes)'),
+      '',
+      f'{"FLOPs per step per device":58s} {"GFLOP":>10s}',
+      f'  {"XLA cost_analysis (per device: the partitioned module)":56s} '
+      f'{_gflop(plan.xla_flops)}',
+      f'  {"analytic, padded taps counted (torchvision convention)":56s} '
+      f'{_gflop(per_device_flops)}  XLA/analytic {plan.xla_flops / per_device_flops:.3f}',
+      f'  {"analytic, only taps on the input (XLA convention)":56s} '
+      f'{_gflop(av["total"] / n)}  XLA/analytic {plan.xla_flops * n / av["total"]:.3f}',
+      f'  analytic (padded), global: model 2 FLOP/MAC x (3 x {plan.forward_macs / 1e9:.4g} GMAC '
+      f'forward per view, less the first conv\'s and the probe\'s input grads) x 2 views x {b} = '
+      f'{a["model"] / 1e9:.6g} GFLOP',
+      f'    + NT-Xent 3 x 2 FLOP/MAC x (2N)^2 x d = 24 N^2 d (N={b}, d={a["loss"] // (24 * b * b)})'
+      f' = {a["loss"] / 1e9:.4g} GFLOP; / {n} devices',
+      '',
+      f'time at {peak / 1e12:.4g} TFLOP/s per device ({chip_key} peak), from the analytic '
+      'FLOPs (padded), compute only',
+      f'  {"utilisation":24s} {"step":>10s} {"examples/s/device":>18s} {"epoch":>10s} '
+      f'{"100 epochs":>11s}' + (f' {"this config":>12s}' if total_steps not in (None, steps_100)
+                                 else ''),
+  ]
+  for mfu, label in UTILISATIONS:
+    step_s = per_device_flops / (peak * mfu)
+    lines.append(
+        f'  {label:24s} {_duration(step_s):>10s} {b / n / step_s:18.1f} '
+        f'{_duration(step_s * num_train / b):>10s} {_duration(step_s * steps_100):>11s}'
+        + (f' {_duration(step_s * total_steps):>12s}' if total_steps not in (None, steps_100)
+           else ''))
+  lines += [
+      '',
+      'notes: memory is XLA:CPU\'s buffer assignment for this program. XLA:CPU computes bfloat16',
+      '  convolutions in float32 and fuses differently from the TPU/GPU compilers, which also',
+      '  rematerialise to fit HBM: read it as the CPU compiler\'s estimate, not a measurement on',
+      '  the chip. Times assume a compute-bound step at that utilisation; the input pipeline and',
+      '  collectives are not modelled.']
+  return '\n'.join(lines)
