@@ -10,7 +10,7 @@ Under SLURM (one process per GPU; see launch/README.md):
 
 B=4096 is kept (512 images, 1024 views per GPU) so that the recipe, learning rate and expected
 accuracy are the paper's: 64.5% linear-eval top-1 after 100 epochs. Memory is not measured on a
-GPU. The compile-only plan (`python -m simclr_jax.plan --config=configs/gpu_8x.py`, README) puts
+GPU. The compile-only plan (`python -m simclr_jax.plan --config=configs/gpu_8x.py`, docs/pods.md) puts
 this step at 145 GiB per GPU by XLA:CPU's count (about 0.28 GiB per pair; bf16 does not shrink it
 there, as the CPU compiler runs bf16 convolutions in float32), about twice an H100's 80 GB, and
 B=2048 at 73 GiB. A GPU compile fuses and rematerialises differently, so try B=4096 first with the
@@ -19,9 +19,9 @@ memory fraction above (JAX pre-allocates 75% of HBM by default). If it runs out 
 small accuracy cost at 100 epochs). Speed is not measured yet; the host CPUs, which decode and
 augment every image for all 8 GPUs, may set it before the GPUs do.
 Evaluation (configs/imagenet.py's cadence: 0.4% of the run if the GPUs set the pace, 3.3% if the
-host's decoding does) keeps features sharded: per GPU 1.25 GiB of train-split features and at
-most 1.29 GiB for any evaluation function (1.39 GiB for a kNN over the whole train split), by the
-plan's count.
+host's decoding does) keeps features sharded: per GPU 1,253.8 MiB (1.22 GiB) of train-split
+features and at most 1,293.7 MiB (1.26 GiB) for any evaluation function (1,428.4 MiB, 1.39 GiB,
+for a kNN over the whole train split), by the plan's count.
 """
 
 from configs import imagenet

@@ -3,11 +3,13 @@ LARS 0.3 x B/256 (= 0.075 x sqrt(B) = 4.8), wd 1e-6, 10 warmup epochs, 2-layer h
 
 ImageNet cannot be downloaded automatically: put ILSVRC2012_img_train.tar and
 ILSVRC2012_img_val.tar in $DATA/downloads/manual/, then `tfds build imagenet2012 --data_dir=$DATA`.
-Platform configs (tpu_v3_32.py, tpu_v3_128.py) import this one.
+Built on by the platform configs (tpu_v3_32.py, tpu_v3_128.py, gpu_8x.py) and the ImageNet
+evaluation configs (imagenet_linear_eval.py, imagenet_finetune_1pct.py and through it
+imagenet_finetune_10pct.py).
 
 Expected (paper, Table 6 / Fig. 9): 64.5% linear-eval top-1 after 100 epochs; 69.3% after 1000.
 
-Evaluation costs at most about 3.3% of the run (simclr_jax.eval_plan.eval_cost; a test checks
+Evaluation costs at most about 3.3% of the run (simclr_jax.plan.eval_plan.eval_cost; a test checks
 these figures). Pretraining: 31,279 steps x 4,096 = 128.1M images. The kNN monitor runs every 10
 epochs and at the end, 11 times, each over a bank of 100,000 train images (the first 100 of each
 class) and the 50,000 validation images: 1.65M images. At the end the linear probe extracts the

@@ -16,8 +16,8 @@ probe on the 1.28M train features; about 3.3% of the run at most) keeps features
 `python -m simclr_jax.plan --config=configs/tpu_v3_128.py`; tests/test_eval_scaling.py asserts
 the bounds): train-split features 78.4 MiB, bank 6.3 MiB, validation features and online-probe
 logits 4.8 MiB; the largest function needs 117.5 MiB (the probe's training: the 78.4 MiB shard +
-31 MiB), or 140.7 MiB for a kNN whose bank is the whole train split. Gathered as before, the train
-features alone were 10.5 GB on every host.
+31 MiB), or 140.7 MiB for a kNN whose bank is the whole train split. Gathered on every host, the
+train features alone would be 10.5 GB.
 """
 
 from configs import imagenet

@@ -7,7 +7,7 @@ Every host runs the same command; launch/tpu_pod.sh starts it on all of them (la
         --config.data.data_dir=gs://BUCKET/tensorflow_datasets
 
 Expected: the paper's 64.5% linear-eval top-1 after 100 epochs. Our speed on TPU is not yet
-measured. The compile-only plan (`python -m simclr_jax.plan --config=configs/tpu_v3_32.py`, README)
+measured. The compile-only plan (`python -m simclr_jax.plan --config=configs/tpu_v3_32.py`, docs/pods.md)
 gives 6.14 TFLOP per core per step and 5.9 h for 100 epochs at the paper's ~15% utilisation; its
 memory figure, XLA:CPU's estimate, is 36.5 GiB per core, over a v3 core's 16 GiB: the CPU compiler
 does not rematerialise and runs bf16 convolutions in float32, so check on the chip before relying
