@@ -49,6 +49,7 @@ import numpy as np
 import optax
 
 from simclr_jax import cluster
+from simclr_jax import data_check
 from simclr_jax import loop
 from simclr_jax import losses
 from simclr_jax import optim
@@ -248,6 +249,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   config = pretrained.merged_config(config, pre.config)
   validation.validate(config, jax.device_count(), jax.process_count())
   info = sources.get_info(config)
+  data_check.check_same_files(config)
   # Whether every host can write and see the workdir comes first: a host that sees another
   # directory would otherwise take other decisions about what it holds.
   checkpointing.check_workdir_writable(workdir)
@@ -256,6 +258,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding.make_mesh()
   model = classifier.build_classifier(config, info.num_classes, ops=ops.model_ops(config))
   checkpointing.write_config(workdir, config)
+  data_check.announce(config, workdir)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() != 0, asynchronous=False)
   linear = config.mode == 'linear_eval'

@@ -26,6 +26,7 @@ import numpy as np
 from simclr_jax.checkpoints import checkpointing
 from simclr_jax.cpu import ops
 from simclr_jax import cluster
+from simclr_jax import data_check
 from simclr_jax.evaluators import feature_store
 from simclr_jax import loop
 from simclr_jax import models
@@ -100,6 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   t0 = time.time()
   validation.validate(config, jax.device_count(), jax.process_count())
   info = sources.get_info(config)  # Fails fast, with instructions, if data is missing.
+  data_check.check_same_files(config)
   if config.train.batch_size > info.num_train:
     raise validation.ConfigError(
         f'config.train.batch_size={config.train.batch_size} is invalid; allowed: at most the '
@@ -112,6 +114,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding.make_mesh()
   model = models.build_model(config, info.num_classes, ops=ops.model_ops(config))
   checkpointing.write_config(workdir, config)
+  data_check.announce(config, workdir)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() != 0, asynchronous=False)
   writer.write_hparams({k: v for k, v in checkpointing.flat(config.to_dict()).items()

@@ -30,6 +30,7 @@ import tensorflow as tf
 from simclr_jax.data import augment
 from simclr_jax.data import embedded
 from simclr_jax.data import errors
+from simclr_jax.data import folder
 from simclr_jax.data import sources
 from simclr_jax.data import streams
 
@@ -126,8 +127,10 @@ def skip_undecodable(stream: tf.data.Dataset, fn, first: int) -> tf.data.Dataset
 
 
 def in_memory(config: ml_collections.ConfigDict) -> bool:
-  """Whether training reads the split from host memory (global order) or from files."""
-  return config.data.dataset == embedded.NAME or bool(config.data.cache)
+  """Whether training reads the split from host memory (global order) or from files. A
+  `folder:DIR` split is always in memory (data/folder.py; prepare it for file-backed reading)."""
+  return (config.data.dataset == embedded.NAME or folder.is_folder(config.data.dataset)
+          or bool(config.data.cache))
 
 
 def training_stream(config: ml_collections.ConfigDict, split: str, *, process_index: int,

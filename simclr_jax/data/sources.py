@@ -1,4 +1,5 @@
-"""Where examples come from: the embedded set or a TFDS builder, split sizes and labels, and
+"""Where examples come from: the embedded set, a folder of images (data/folder.py) or a TFDS
+builder (a `python -m simclr_jax.prepare` output is one), split sizes and labels, and
 each process's contiguous share of a split read in stored order.
 
 Everything here is host-side and process-explicit (process_index / process_count are
@@ -18,6 +19,7 @@ import tensorflow as tf
 from simclr_jax.data import augment
 from simclr_jax.data import embedded
 from simclr_jax.data import errors
+from simclr_jax.data import folder
 
 DataConfigError = errors.DataConfigError
 HEAD_LABELS = 256  # Labels get_info reads from the start of the probe and eval splits.
@@ -92,6 +94,13 @@ def get_info(config: ml_collections.ConfigDict) -> DatasetInfo:
                        sizes[probe_split(config)])
     _check_head_labels(config, info.num_classes)
     return info
+  if folder.is_folder(d.dataset):
+    loaded = {key: _folder_split(config, d[key], f'config.data.{key}') for key in keys}
+    probe = loaded.get('probe_train_split', loaded['train_split'])
+    info = DatasetInfo(d.dataset, len(loaded['train_split'].files),
+                       len(loaded['eval_split'].files), len(probe.classes), len(probe.files))
+    _check_head_labels(config, info.num_classes)
+    return info
   builder = tfds_builder(config)
   splits = builder.info.splits
   for key in keys:
@@ -142,8 +151,8 @@ def split_labels(config: ml_collections.ConfigDict, split: str, *, process_index
   split (the same on every process; process_index/count ignored).
   """
   d = config.data
-  if d.dataset == embedded.NAME:
-    labels = embedded.load(split)[1]
+  if d.dataset == embedded.NAME or folder.is_folder(d.dataset):
+    labels = load_split(config, split)['label']
     if limit is not None:
       return labels[:limit]
     lo, hi = shard_bounds(len(labels), process_index, process_count)
@@ -190,8 +199,8 @@ def source(config: ml_collections.ConfigDict, split: str, process_index: int = 0
 
 
 def split_size(config: ml_collections.ConfigDict, split: str) -> int:
-  if config.data.dataset == embedded.NAME:
-    return len(embedded.load(split)[1])
+  if config.data.dataset == embedded.NAME or folder.is_folder(config.data.dataset):
+    return len(load_split(config, split)['label'])
   builder = tfds_builder(config)
   check_split(config, builder, split)
   return builder.info.splits[split].num_examples
@@ -203,6 +212,12 @@ def read_range(config: ml_collections.ConfigDict, split: str, lo: int, hi: int
   if config.data.dataset == embedded.NAME:
     images, labels = embedded.load(split)
     return tf.data.Dataset.from_tensor_slices({'image': images[lo:hi], 'label': labels[lo:hi]})
+  if folder.is_folder(config.data.dataset):
+    ex = load_split(config, split)
+    ds = tf.data.Dataset.from_tensor_slices({'image': tf.constant(list(ex['image'][lo:hi]),
+                                                                  tf.string),
+                                             'label': ex['label'][lo:hi]})
+    return ds.map(decoded, num_parallel_calls=tf.data.AUTOTUNE)
   ds = stored_order(tfds_builder(config), f'{split}[{lo}:{hi}]')
 
   def decode(ex):
@@ -247,6 +262,9 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> dict:
   if d.dataset == embedded.NAME:
     images, labels = embedded.load(split)
     return {'image': images, 'label': labels}
+  if folder.is_folder(d.dataset):
+    s = _folder_split(config, split)
+    return {'image': s.images, 'label': s.labels}
   check_split(config, tfds_builder(config), split)
   return _load_tfds_split(d.dataset, d.data_dir, split)
 
@@ -256,3 +274,20 @@ def check_split(config, builder, split: str) -> None:
     raise DataConfigError(f'split {split!r} (config.data.train_split / eval_split) is not a '
                           f'split of {config.data.dataset}; allowed: '
                           f'{sorted(builder.info.splits.keys())}.')
+
+
+def _folder_split(config: ml_collections.ConfigDict, split: str,
+                  key: str = 'config.data.train_split / eval_split') -> folder.Split:
+  """A split of a `folder:DIR` data set, decoded and checked once per process (cached); images
+  smaller than the crop (data.image_size) are skipped."""
+  return folder.load_split(config.data.dataset, split, config.data.image_size, key)
+
+
+def folder_splits(config: ml_collections.ConfigDict) -> list:
+  """The folder.Split objects of the splits a `folder:DIR` config uses (train, eval, probe), in
+  that order without repeats; [] for any other data set."""
+  d = config.data
+  if not folder.is_folder(d.dataset):
+    return []
+  names = dict.fromkeys((d.train_split, d.eval_split, probe_split(config)))
+  return [_folder_split(config, name) for name in names]
