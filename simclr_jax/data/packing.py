@@ -126,11 +126,13 @@ def prepare(images: str, out: str, name: Optional[str] = None, *, image_size: in
   n_files = sum(s['files'] for s in summary['splits'].values())
   kept = sum(s['examples'] for s in summary['splits'].values())
   skipped = sum(sum(s['skipped'].values()) for s in summary['splits'].values())
+  busy = sum(s['seconds'] for s in summary['splits'].values())  # Without imports, pool start.
   say(f'Wrote {final}: {kept:,} images in {len(summary["splits"])} split(s), '
       f'{len(summary["classes"])} classes; {skipped:,} file(s) skipped'
       + (f' (listed in {final}/{SKIPPED_FILE})' if skipped else '')
-      + f'; {n_files / max(seconds, 1e-9):,.0f} files/s with {workers} worker process(es). '
-      f'Train on it: --config.data.dataset={name} --config.data.data_dir={out}')
+      + f'; {n_files / max(busy, 1e-9):,.0f} files/s decoded and written by {workers} worker '
+      f'process(es), {seconds:.0f} s in all. Train on it: --config.data.dataset={name} '
+      f'--config.data.data_dir={out}')
   return summary
 
 
@@ -229,7 +231,7 @@ def _write_split(pool, workers, root, split, classes, features, template, *, min
                              filename_template=template)
   kinds = collections.Counter(k for _, k, _ in skipped)
   summary = {'files': n, 'examples': sum(lengths), 'shards': shards, 'labelled': listing.labelled,
-             'skipped': dict(kinds), 'converted': dict(changes)}
+             'skipped': dict(kinds), 'converted': dict(changes), 'seconds': time.time() - t0}
   say(f'{split}: {sum(lengths):,} images kept; '
       + (folder.skip_text(skipped) if skipped else 'no file skipped')
       + folder.change_text(changes) + '.')
