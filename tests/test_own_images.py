@@ -4,6 +4,7 @@ with its reason, every odd kind is converted as a viewer shows it, bad layouts a
 line, and two real processes read the prepared set each example once per epoch.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,6 +17,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from configs import test as test_config
+from simclr_jax import cluster
+from simclr_jax import data_check
 from simclr_jax.data import decode
 from simclr_jax.data import errors
 from simclr_jax.data import folder
@@ -172,6 +175,22 @@ def test_two_processes_read_each_prepared_example_once_per_epoch(prepared, tmp_p
     assert mine[0] and mine[1]  # Both processes read.
     assert sorted(mine[0] + mine[1]) == sorted(every), f'epoch {epoch}'  # Each exactly once.
   assert reads[0]['epochs'][0] != reads[0]['epochs'][1]  # Reshuffled every epoch.
+
+
+def test_processes_that_see_other_files_stop_before_training(images, monkeypatch):
+  """A host whose copy of the folder differs (a file missing, another label) is refused on every
+  process: the job compares a digest of the kept names and labels."""
+  config = _config(images)
+  mine = folder.fingerprint(sources.folder_splits(config))
+  monkeypatch.setattr(cluster, 'gather_texts', lambda text: [text, text, 'f00d', text])
+  with pytest.raises(cluster.ClusterError, match=r'process\(es\) \[2\] see other files'):
+    data_check.check_same_files(config)
+  monkeypatch.setattr(cluster, 'gather_texts', lambda text: [text, text])
+  data_check.check_same_files(config)
+  train = folder.load_split(f'folder:{images}', 'train', 16)
+  changed = dataclasses.replace(train, labels=np.roll(train.labels, 1))
+  assert folder.fingerprint([changed]) != folder.fingerprint([train])
+  assert mine == folder.fingerprint(sources.folder_splits(config))
 
 
 def _layout(root, files):
