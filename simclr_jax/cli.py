@@ -1,6 +1,6 @@
 """What every command-line entry point shares: absl flag errors as one `error:` line, exit codes.
 
-`python -m simclr_jax.main|plan|convert|export` all parse with `parse_flags` (pass it to
+`python -m simclr_jax.main|plan|convert|export|prepare` all parse with `parse_flags` (pass it to
 app.run's flags_parser), so a bad flag or a mistyped config key costs one line and exit
 status 2, never a traceback; --helpfull and --flagfile work as absl defines them.
 """
