@@ -35,6 +35,10 @@ INSTALL_REQUIRES = [
 # (tests/helpers/torch_resnet.py holds the architecture).
 TORCH = ['torch==2.13.0']
 
+# The TPU runtime and compiler that jax 0.10.2 pins (what `jax[tpu]==0.10.2` brings). A TPU VM
+# needs it to run; on any machine it lets `python -m simclr_jax.plan` compile for TPU slices.
+TPU = ['libtpu==0.0.42.1']
+
 setuptools.setup(
     name='simclr_jax',
     version='0.1.0',
@@ -47,10 +51,12 @@ setuptools.setup(
     # nbclient/nbformat/ipykernel: tests/test_load.py executes notebooks/load_checkpoint.ipynb
     # (ipykernel's wheel installs the 'python3' kernel spec into the venv itself).
     # pytest-xdist: pytest.ini runs the suite on 2 workers (one test file per worker at a time).
+    # libtpu: tests/test_tpu_plan.py compiles for TPU topologies (compile only, on the CPU).
     extras_require={'test': ['pytest==9.2.0', 'pytest-xdist==3.8.0', 'nbclient==0.11.0',
                              'nbformat==5.11.1',
-                             'ipykernel==7.4.0'] + TORCH,
+                             'ipykernel==7.4.0'] + TORCH + TPU,
                     'torch': TORCH,
+                    'tpu': TPU,
                     # notebooks/load_checkpoint.ipynb in Jupyter.
                     'notebook': ['notebook>=7', 'ipykernel==7.4.0']},
 )

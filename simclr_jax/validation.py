@@ -41,6 +41,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
   _check(m.dtype in ('float32', 'bfloat16'), 'model.dtype', m.dtype, "'float32' or 'bfloat16'")
   _check(m.get('conv_impl', 'auto') in ('auto', 'xla', 'matmul_grad'), 'model.conv_impl',
          m.get('conv_impl'), "'auto', 'xla' or 'matmul_grad'")
+  _check(m.get('remat', False) in (True, False), 'model.remat', m.get('remat'), 'True or False')
   _check(0 <= m.batch_norm_decay < 1, 'model.batch_norm_decay', m.batch_norm_decay, '[0, 1)')
   _check(l.temperature > 0, 'loss.temperature', l.temperature, 'a positive number (paper 0.1-0.5)')
   _check(o.optimizer in optim.OPTIMIZERS, 'optim.optimizer', o.optimizer, str(optim.OPTIMIZERS))

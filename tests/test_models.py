@@ -422,3 +422,26 @@ def test_simclr_model_outputs_and_bfloat16():
   conv_out = inter['intermediates']['encoder']['stem_conv']['__call__'][0]
   assert conv_out.dtype == jnp.bfloat16  # the network really computes in bf16
   assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(inter['batch_stats']))
+
+
+def test_remat_gives_the_same_parameters_gradients_and_statistics():
+  """model.remat recomputes each residual block in the backward pass: the same function, so the
+  same parameter tree, gradients and BN statistics (bitwise here on XLA:CPU in float32)."""
+  config = test_config.get_config()
+  config.model.resnet_depth = 18
+  x = jax.random.uniform(jax.random.key(0), (8, 16, 16, 3))
+  out = {}
+  for remat in (False, True):
+    config.model.remat = remat
+    model = models.build_model(config, 10)
+    v = model.init(jax.random.key(1), x, train=False)
+
+    def loss(p, model=model, v=v):
+      o, new = model.apply({'params': p, 'batch_stats': v['batch_stats']}, x, train=True,
+                           mutable=['batch_stats'])
+      return jnp.sum(o['projection'] ** 2), new
+    out[remat] = (v['params'],) + jax.grad(loss, has_aux=True)(v['params'])
+  for a, b in zip(out[False], out[True]):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for u, w in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      assert jnp.array_equal(u, w)

@@ -13,6 +13,7 @@ from simclr_jax.plan import chips
 from simclr_jax.plan import flops
 from simclr_jax import models
 from simclr_jax.plan import report
+from simclr_jax.plan import step
 from simclr_jax.plan import train_plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,7 +67,7 @@ def small_plan():
   config.model.proj_out_dim = 128
   config.data.image_size = 32
   config.train.batch_size = 64
-  return train_plan.compile_plan(config, 8, num_train=4000, num_classes=10)
+  return step.compile_plan(config, 8, num_train=4000, num_classes=10)
 
 
 def test_xla_flops_are_per_device_and_match_analytic(small_plan):

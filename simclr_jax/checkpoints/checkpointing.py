@@ -39,7 +39,7 @@ HARMLESS_KEYS = ('name', 'train.log_every_seconds', 'train.checkpoint_every_step
                  'train.keep_checkpoints', 'train.eval_every_epochs',
                  'train.check_finite_every_steps', 'train.profile_steps', 'eval.', 'hardware.',
                  'data.data_dir', 'data.download', 'data.max_corrupt_fraction', 'linear_eval.',
-                 'model.conv_impl')
+                 'model.conv_impl', 'model.remat')
 
 
 def manager(workdir: str, keep: int = 2, create: bool = True) -> ocp.CheckpointManager:
@@ -169,7 +169,7 @@ def flat(config: dict) -> dict:
 # Keys added after runs were written, with the value that reproduces those runs: absent in an old
 # config.json and at this value now is no change.
 ADDED_KEYS = {'aug.on_device': False, 'model.conv_impl': 'xla', 'train.profile_steps': 0,
-              'data.max_corrupt_fraction': 0.001}
+              'data.max_corrupt_fraction': 0.001, 'model.remat': False}
 
 
 def config_changes(old: dict, new: dict) -> tuple[list, list]:

@@ -16,11 +16,14 @@ from simclr_jax.models import simclr
 
 def build_encoder(depth: int, width_multiplier: float = 1, sk_ratio: float = 0.0,
                   cifar_stem: bool = False, dtype: Any = jnp.float32,
-                  bn_momentum: float = 0.9, ops: resnet.Ops = resnet.XLA_OPS) -> resnet.ResNet:
+                  bn_momentum: float = 0.9, ops: resnet.Ops = resnet.XLA_OPS,
+                  remat: bool = False) -> resnet.ResNet:
   """The encoder f as a Flax module: apply(variables, images [B,H,W,3], train) -> [B, D] float32.
-  `ops`: how convolutions are computed (resnet.Ops; the caller chooses, e.g. cpu.model_ops)."""
+  `ops`: how convolutions are computed (resnet.Ops; the caller chooses, e.g. cpu.model_ops);
+  `remat`: recompute residual blocks in the backward pass (resnet.ResNet.remat)."""
   return resnet.ResNet(depth=depth, width_multiplier=width_multiplier, sk_ratio=sk_ratio,
-                       cifar_stem=cifar_stem, bn_momentum=bn_momentum, dtype=dtype, ops=ops)
+                       cifar_stem=cifar_stem, bn_momentum=bn_momentum, dtype=dtype, ops=ops,
+                       remat=remat)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int,
@@ -31,7 +34,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
   dtype = simclr.dtype_from_name(m.dtype)
   encoder = build_encoder(m.resnet_depth, m.width_multiplier, m.sk_ratio,
                           cifar_stem=config.data.image_size <= 32, dtype=dtype,
-                          bn_momentum=m.batch_norm_decay, ops=ops)
+                          bn_momentum=m.batch_norm_decay, ops=ops, remat=m.get('remat', False))
   proj = heads.ProjectionHead(mode=m.proj_head_mode, out_dim=m.proj_out_dim,
                               num_layers=m.num_proj_layers, ft_proj_selector=m.ft_proj_selector,
                               bn_momentum=m.batch_norm_decay, dtype=dtype)

@@ -56,7 +56,8 @@ def build_classifier(config: ml_collections.ConfigDict, num_classes: int,
   linear = config.mode == 'linear_eval'
   encoder = models.build_encoder(m.resnet_depth, m.width_multiplier, m.sk_ratio,
                                  cifar_stem=config.data.image_size <= 32, dtype=dtype,
-                                 bn_momentum=m.batch_norm_decay, ops=ops)
+                                 bn_momentum=m.batch_norm_decay, ops=ops,
+                                 remat=m.get('remat', False))
   if not linear:
     encoder = encoder.clone(fine_tune_after_block=config.fine_tune_after_block)
   keep = m.ft_proj_selector % num_proj_hiddens(m)

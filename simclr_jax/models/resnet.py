@@ -208,6 +208,10 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   fine_tune_after_block: int = -1  # -1: all trainable; k in 0..4: freeze stem and groups 1..k.
   ops: Ops = XLA_OPS  # How convolutions, the stem pool and block outputs are computed.
+  # Recompute each residual block's activations in the backward pass instead of storing them
+  # (flax.linen.remat): the same function and gradients, about a third more compute, and only
+  # block inputs kept for backward; what lets the paper's largest batches fit (plan --max_batch).
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -240,11 +244,13 @@ class ResNet(nn.Module):
       else:
         x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
     bottleneck = uses_bottleneck(self.depth)
+    # static_argnums=(2,): `train` (argument 2, after self and x) is a Python bool.
+    block = nn.remat(ResidualBlock, static_argnums=(2,)) if self.remat else ResidualBlock
     for g, (num_blocks, base) in enumerate(zip(BLOCKS_PER_GROUP[self.depth], (64, 128, 256, 512))):
       if k == g:  # Input of group g+1: nothing before it is trained.
         x = jax.lax.stop_gradient(x)
       for b in range(num_blocks):
-        x = ResidualBlock(
+        x = block(
             filters=int(base * w), strides=(1 if g == 0 else 2) if b == 0 else 1,
             use_projection=b == 0, bottleneck=bottleneck, sk_ratio=self.sk_ratio, bn=bn,
             dtype=self.dtype, ops=self.ops,

@@ -79,10 +79,10 @@ def _analysis(compiled) -> dict:
   return out
 
 
-def compile_eval_plan(config, num_devices: int, num_probe: int, num_eval: int,
+def compile_eval_plan(config, devices, num_probe: int, num_eval: int,
                       num_classes: int, only: Optional[tuple[str, ...]] = None) -> EvalPlan:
-  """Compiles the evaluation functions (FUNCTIONS; `only` those keys) for the first
-  `num_devices` JAX devices; the result's `functions` are keyed like FUNCTIONS."""
+  """Compiles the evaluation functions (FUNCTIONS; `only` those keys) for `devices` (a list, or
+  N: the first N JAX devices); the result's `functions` are keyed like FUNCTIONS."""
   # pylint: disable=protected-access
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -91,7 +91,9 @@ def compile_eval_plan(config, num_devices: int, num_probe: int, num_eval: int,
   from simclr_jax.evaluators import knn  # pylint: disable=g-import-not-at-top
   from simclr_jax import sharding  # pylint: disable=g-import-not-at-top
   from simclr_jax.models import resnet  # pylint: disable=g-import-not-at-top
-  mesh = sharding.make_mesh(jax.devices()[:num_devices])
+  devices = jax.devices()[:devices] if isinstance(devices, int) else list(devices)
+  num_devices = len(devices)
+  mesh = sharding.make_mesh(devices)
   rows_s, rep = sharding.batch_sharded(mesh), sharding.replicated(mesh)
   e, b = config.eval, config.eval.batch_size
   d = resnet.feature_dim(config.model.resnet_depth, config.model.width_multiplier)
@@ -174,7 +176,7 @@ def eval_cost(config, num_train: int, num_probe: int, num_eval: int) -> EvalCost
                   (eval_images + label_pass) / train_images)
 
 
-def format_eval(plan: EvalPlan, cost: EvalCost, memory_bytes: int) -> str:
+def format_eval(plan: EvalPlan, cost: EvalCost, memory_bytes: int, compiler: str = '') -> str:
   """The plan's evaluation section."""
   n = plan.num_devices
   lines = [
@@ -193,7 +195,8 @@ def format_eval(plan: EvalPlan, cost: EvalCost, memory_bytes: int) -> str:
   worst = max(b['total'] for b in plan.functions.values())
   lines += [
       f'  largest: {worst / MIB:.1f} MiB = {worst / memory_bytes:.2%} of the device\'s '
-      f'{memory_bytes / 2**30:.2f} GiB; compiled in {plan.compile_s:.1f} s',
+      f'{memory_bytes / 2**30:.2f} GiB; compiled in {plan.compile_s:.1f} s'
+      + (f' by the {compiler} compiler' if compiler else ''),
       '',
       f'evaluation cost: {cost.monitors} monitor evaluations x {cost.per_monitor:,} images '
       f'(kNN bank + eval split) + {cost.final_extra:,} at the end'
