@@ -8,7 +8,9 @@ which runs, on every worker:
     python3 -m simclr_jax.main --config=configs/tpu_v3_128.py \
         --workdir=gs://BUCKET/simclr/r50_100ep --config.data.data_dir=gs://BUCKET/tensorflow_datasets
 
-Paper: ~1.5 h for 100 epochs at ~185 images/s per core. Our speed on TPU is not yet measured.
+Paper: ~1.5 h for 100 epochs at ~185 images/s per core. Our speed on TPU is not yet measured; the
+TPU compiler (the plan) gives 2.81 GiB per core and a cost-model step of 64 ms (33 min for 100
+epochs, ignoring the input pipeline).
 
 Evaluation (configs/imagenet.py: the kNN monitor every 10 epochs on a 100k-image bank, the final
 probe on the 1.28M train features; about 3.3% of the run at most) keeps features sharded over the
