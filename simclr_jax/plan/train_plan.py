@@ -109,8 +109,9 @@ def eval_sizes(config) -> tuple[int, int]:
   return info.num_probe_train, info.num_eval
 
 
-def _setup(config) -> tuple[str, list, object]:
-  """(chip key, devices to compile for, per-device chips.Chip) from the flags and config. Sets
+def _setup(config) -> tuple[str, list, object, object]:
+  """(chip key, devices to compile for, per-device chips.Chip, TPU topology or None) from the
+  flags and config. Sets
   the environment before JAX starts: emulated CPU devices, or JAX on CPU beside libtpu."""
   chip_key = _FLAGS['chip'].value or config.hardware.chip
   topology = _FLAGS['topology'].value
@@ -133,7 +134,8 @@ def _setup(config) -> tuple[str, list, object]:
         raise PlanError(tpu.INSTALL + '; or --compiler=cpu for an XLA:CPU estimate')
       topology = topology or tpu.default_topology(chip_key, n)
       devices = tpu.devices(topology)
-      return chip_key, devices, tpu.device_chip(chips.get(chip_key), chip_key, devices)
+      return (chip_key, devices, tpu.device_chip(chips.get(chip_key), chip_key, devices),
+              topology)
     if topology:
       raise PlanError(f'--topology={topology} needs the TPU compiler (--compiler=auto)')
     flags_ = [f for f in os.environ.get('XLA_FLAGS', '').split()
@@ -142,7 +144,7 @@ def _setup(config) -> tuple[str, list, object]:
     from simclr_jax.cpu import xla_cpu  # pylint: disable=g-import-not-at-top
     xla_cpu.configure()
     import jax  # pylint: disable=g-import-not-at-top
-    return chip_key, jax.devices()[:n], chips.get(chip_key)
+    return chip_key, jax.devices()[:n], chips.get(chip_key), None
   except tpu.TopologyError as e:
     raise PlanError(str(e)) from e
 
@@ -155,7 +157,7 @@ def main(argv):
   try:
     if config.mode != 'pretrain':
       raise PlanError(f'config.mode={config.mode!r}: the plan covers pretraining only')
-    chip_key, devices, chip = _setup(config)
+    chip_key, devices, chip, topology = _setup(config)
     n = len(devices)
     if config.train.batch_size % n:
       raise PlanError(f'config.train.batch_size={config.train.batch_size} is not a multiple of '
@@ -167,9 +169,6 @@ def main(argv):
     sys.exit(2)
   memory = chip.memory_bytes // n if chip_key == 'cpu' else chip.memory_bytes
   path = config_flags.get_config_filename(flags.FLAGS['config'])
-  topology = _FLAGS['topology'].value or (
-      tpu.default_topology(chip_key, _FLAGS['num_devices'].value or config.hardware.num_devices)
-      if devices[0].platform == 'tpu' else None)
   try:
     plan = step.compile_plan(config, devices, num_train, num_classes)
   except step.DoesNotFit as e:
