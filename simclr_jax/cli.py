@@ -14,8 +14,16 @@ EXIT_INPUT_ERROR = 2  # Bad input: nothing was compiled or written.
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: stopped with a checkpoint; rerun to resume.
 
 
+def print_error(msg: str) -> None:
+  """One `error:` line in ONE write: print() writes the text and the newline separately, and
+  a traceback another thread prints while the process exits (orbax's asyncio loop) could land
+  between them, on our line."""
+  sys.stderr.write(f'error: {msg}\n')
+  sys.stderr.flush()
+
+
 def fail(msg: str, code: int = EXIT_INPUT_ERROR) -> None:
-  print(f'error: {msg}', file=sys.stderr, flush=True)
+  print_error(msg)
   sys.exit(code)
 
 

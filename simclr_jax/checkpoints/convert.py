@@ -41,7 +41,6 @@ import dataclasses
 import functools
 import json
 import os
-import sys
 from typing import Callable, Optional
 
 from clu import parameter_overview
@@ -52,6 +51,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from simclr_jax import cli as cli_lib
 from simclr_jax.checkpoints import checkpointing
 from simclr_jax import models
 from simclr_jax.checkpoints import official_layout
@@ -341,7 +341,7 @@ def cli(src: str, workdir: str, *, ema: bool = False, ft_proj_selector: int = 0,
                                       sk_ratio=sk_ratio, skip=skip)
     write_workdir(workdir, config, variables, int(config.converted_from.step))
   except reader.ConversionError as e:
-    print(f'error: {e}', file=sys.stderr)
+    cli_lib.print_error(f'{e}')
     return 1
   print(summary(config, variables))
   print(f'Wrote {workdir} (config.json, checkpoints/{config.converted_from.step}/).')

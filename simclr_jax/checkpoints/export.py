@@ -28,7 +28,6 @@ Inputs are RGB in [0, 1], not mean/std normalised, as the SimCLR models were tra
 """
 
 import json
-import sys
 from typing import Any, Optional
 
 from etils import epath
@@ -36,6 +35,7 @@ from flax import traverse_util
 import jax
 import numpy as np
 
+from simclr_jax import cli as cli_lib
 from simclr_jax.checkpoints import encoder
 from simclr_jax.models import resnet
 
@@ -226,7 +226,7 @@ def cli(src: str, file: str, *, names: str = 'simclr_jax', heads: bool = False,
   try:
     side = export(src, file, names, heads, step)
   except (ExportError, FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
+    cli_lib.print_error(f'{e}')
     return 1
   a = side['architecture']
   print(f'Wrote {file} ({side["num_tensors"]} tensors, {side["parameters"] / 1e6:.2f}M '
