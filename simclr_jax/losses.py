@@ -101,3 +101,17 @@ def supervised_loss(logits: jax.Array, labels: jax.Array,
     return jnp.mean(ce)
   mask = mask.astype(jnp.float32)
   return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float,
+                      tau_squared: bool = False) -> jax.Array:
+  """SimCLRv2's distillation loss (paper eq. 2), mean over the batch, in float32:
+  -sum_y P_T(y|x; tau) log P_S(y|x; tau), both softmaxes at `temperature`. logits: [B, C].
+
+  It equals KL(P_T || P_S) + H(P_T): the teacher's entropy is constant for the student, so the
+  gradients are KL's. `tau_squared` multiplies by tau^2 as the official Colab does (Hinton et
+  al.'s factor that keeps the soft-label gradients' scale comparable to a hard-label loss's)."""
+  t = jax.nn.softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+  log_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+  loss = jnp.mean(-jnp.sum(t * log_s, axis=-1))
+  return loss * temperature ** 2 if tau_squared else loss
