@@ -23,9 +23,11 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = 'default'  # Free-form run name, written into results.json.
   config.seed = 0  # Seeds initialisation and the data order / augmentation stream.
-  # 'pretrain' (train.py) | 'linear_eval' (frozen encoder, new linear head) | 'finetune' (linear_eval.py).
+  # 'pretrain' (train.py) | 'linear_eval' (frozen encoder, new linear head) | 'finetune' (linear_eval.py)
+  # | 'distill' (SimCLRv2 stage 3, distill.py).
   config.mode = 'pretrain'
-  config.init_checkpoint = config_dict.placeholder(str)  # linear_eval/finetune: the pretraining --workdir.
+  # linear_eval/finetune: the pretraining --workdir; distill: the student's (optional; None = random init).
+  config.init_checkpoint = config_dict.placeholder(str)
   config.fine_tune_after_block = -1  # finetune: freeze stem+groups 1..k (official; -1 none, 0 stem, 4 all).
   config.zero_init_logits_layer = False  # linear_eval/finetune: zero-init the new head (official flag).
 
@@ -142,6 +144,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.linear_eval.precompute_features = False  # Train the head on frozen features extracted once (no aug).
   # Precomputed features are gathered to every host; refused above this size (ImageNet: 10.9 GB).
   config.linear_eval.max_host_features_gb = 4.0
+
+  # ---- distill: SimCLRv2 stage 3, a frozen teacher's soft labels on unlabelled images (distill.py) ----
+  config.distill = ml_collections.ConfigDict()
+  # Workdir (or workdir/checkpoints/<step>) of a run with a supervised head: finetune, linear_eval,
+  # distill, or a pretraining / converted official run whose checkpoint has head_supervised.
+  config.distill.teacher_checkpoint = config_dict.placeholder(str)
+  config.distill.temperature = 1.0  # tau of both softmaxes (paper: 0.1 self-distillation, 1.0 big-to-small).
+  config.distill.alpha = 0.0  # Weight of the cross-entropy on examples with a label >= 0 (0 = none, paper).
+  # Multiply the loss by tau^2 (official Colab, Hinton et al.). Off: the paper's loss has no such
+  # factor, and the learning rates are stated for it; with the soft loss alone tau^2 only rescales
+  # the gradients (100x smaller at tau 0.1), i.e. the learning rate.
+  config.distill.tau_squared = False
 
   config.lock()
   return config

@@ -1,7 +1,8 @@
 """Command line: python -m simclr_jax.main --config=configs/default.py --workdir=DIR.
 
 Flags only; the work is `train.train_and_evaluate(config, workdir)` (config.mode 'pretrain') or
-`linear_eval.run(config, workdir)` ('linear_eval' / 'finetune', e.g. configs/linear_eval.py).
+`linear_eval.run(config, workdir)` ('linear_eval' / 'finetune', e.g. configs/linear_eval.py) or
+`distill.run(config, workdir)` ('distill', SimCLRv2's third stage, e.g. configs/distill.py).
 Override any config field with --config.<group>.<field>=value (the config is locked, so a
 mistyped key fails).
 On multi-host TPU pods every host runs this same command.
@@ -70,6 +71,7 @@ def main(argv):
   except cluster.ClusterError as e:
     cli.fail(str(e))
   from simclr_jax.checkpoints import checkpointing  # pylint: disable=g-import-not-at-top
+  from simclr_jax import distill  # pylint: disable=g-import-not-at-top
   from simclr_jax import linear_eval  # pylint: disable=g-import-not-at-top
   from simclr_jax import loop  # pylint: disable=g-import-not-at-top
   from simclr_jax import train  # pylint: disable=g-import-not-at-top
@@ -81,7 +83,7 @@ def main(argv):
                f'{jax.device_count()} {jax.default_backend()} device(s) '
                f'({jax.local_device_count()} local).')
   jobs = {'pretrain': train.train_and_evaluate, 'linear_eval': linear_eval.run,
-          'finetune': linear_eval.run}
+          'finetune': linear_eval.run, 'distill': distill.run}
   try:
     if config.mode not in jobs:
       raise validation.ConfigError(f'config.mode={config.mode!r} is invalid; allowed: '

@@ -74,6 +74,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
          'None (= data.train_split) or the name of a labelled split')
   _check(e.embedding_plot_points >= 0, 'eval.embedding_plot_points', e.embedding_plot_points,
          'an integer >= 0 (0 = no plot)')
+  if 'distill' in config:
+    s = config.distill
+    _check(s.temperature > 0, 'distill.temperature', s.temperature,
+           'a positive number (paper: 0.1 self-distillation, 1.0 big-to-small)')
+    _check(s.alpha >= 0, 'distill.alpha', s.alpha, 'a number >= 0 (0 = distillation loss only)')
+    _check(s.tau_squared in (True, False), 'distill.tau_squared', s.tau_squared, 'True or False')
   _check(0 <= d.get('max_corrupt_fraction', 0.0) <= 1, 'data.max_corrupt_fraction',
          d.get('max_corrupt_fraction'), '[0, 1] (0 = stop at the first undecodable record)')
   _check(d.image_size >= 8, 'data.image_size', d.image_size, 'an integer >= 8 (paper 224; CIFAR 32)')
