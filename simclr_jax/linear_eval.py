@@ -119,7 +119,7 @@ def train_step(state: steps.TrainState, batch: dict[str, jax.Array], *, config, 
   return new_state, metrics
 
 
-def _image_forward(apply_fn):
+def image_forward(apply_fn):
   def forward(variables, batch):
     out, new_vars = apply_fn(variables, steps.to_float_images(batch['image']), train=True,
                              mutable=['batch_stats'])
@@ -231,7 +231,7 @@ def _on_images(config, info, mesh, model, variables) -> _Job:
     return {'top1': top1, 'top5': top5, 'num_eval': int(feature_store.count(ev))}
 
   return _Job(params=variables['params'], batch_stats=variables['batch_stats'],
-              forward=_image_forward(model.apply), batches=batches,
+              forward=image_forward(model.apply), batches=batches,
               num_train=info.num_train if indices is None else len(indices), evaluate=evaluate)
 
 

@@ -90,6 +90,39 @@ def test_memory_split(small_plan):
   assert b['arguments'] == b['params'] + b['opt_state'] + b['other_state'] + b['batch']
 
 
+@pytest.mark.parametrize('mode,after', [('linear_eval', 4), ('finetune', 2)])
+def test_supervised_jobs_compile_with_hand_counted_flops(mode, after):
+  """linear_eval / finetune compile their own step (linear_eval.train_step on one image per
+  example). Hand count: linear_eval = every layer forward + the head's weight gradient; finetune
+  -1 = 3x forward less the first conv's input gradient; after block 2 the stem and groups 1-2 run
+  forward only (stop_gradient) and the first trained conv has no input gradient."""
+  config = test_config.get_config()
+  config.mode, config.fine_tune_after_block = mode, after
+  config.model.resnet_depth, config.model.width_multiplier = 18, 1.0  # Convolutions dominate.
+  config.data.image_size, config.train.batch_size = 32, 64
+  p = step.compile_plan(config, 8, num_train=4000, num_classes=10)
+  from simclr_jax.models import classifier  # pylint: disable=g-import-not-at-top
+  layers = flops.layers(classifier.build_classifier(config, 10), (32, 32, 3))
+  fwd = sum(l.macs for l in layers)
+  head = [l.macs for l in layers if l.name.startswith('head_supervised')]
+  trained = [l for l in layers if l.name.startswith('head_supervised') or (
+      mode == 'finetune' and not any(l.name.startswith(f'encoder/{g}') for g in
+                                     ('stem', 'group1', 'group2')[:after + 1]))]
+  if mode == 'linear_eval':
+    macs = fwd + sum(head)
+  else:
+    macs = fwd + 2 * sum(l.macs for l in trained) - trained[0].macs
+  assert p.analytic['total'] == flops.FLOPS_PER_MAC * 64 * macs
+  ratio = p.xla_flops * p.num_devices / p.analytic_valid['total']
+  assert 0.97 <= ratio <= 1.05, ratio  # XLA: valid taps, + element-wise work.
+  b = p.nbytes
+  assert b['batch'] == 8 * 32 * 32 * 3 + 8 * 4  # One uint8 image + an int32 label per device.
+  if mode == 'linear_eval':  # Momentum only for the head: frozen leaves carry no state.
+    assert b['opt_state'] <= 4 * (sum(head) + 10) + 8
+  else:
+    assert b['opt_state'] > 0
+
+
 def test_dataset_size_needs_no_data():
   assert train_plan.dataset_size(imagenet.get_config())[:2] == (1_281_167, 1000)
 
@@ -130,3 +163,14 @@ def test_cli_unknown_chip_is_one_error_line():
   assert result.stdout == ''
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: unknown chip'), result.stderr
+
+
+def test_cli_linear_eval_of_a_missing_run_is_one_error_line(tmp_path):
+  """A linear-evaluation plan takes the architecture from init_checkpoint's run, as the job does:
+  a directory that is not one is one `error:` line, before anything is compiled."""
+  result = _run_cli('--config.mode=linear_eval', f'--config.init_checkpoint={tmp_path}')
+  assert result.returncode == 2 and result.stdout == ''
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and errors[0].startswith('error: config.init_checkpoint='), \
+      result.stderr
+  assert 'Traceback' not in result.stderr

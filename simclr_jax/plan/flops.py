@@ -16,7 +16,7 @@ the activations or parameters), not O(MACs)).
 """
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -115,3 +115,17 @@ def step_flops(found: Sequence[Layer], global_batch: int, proj_dim: int) -> dict
   model = 2 * global_batch * train_flops_per_view(found)
   loss = nt_xent_flops(global_batch, proj_dim)
   return {'model': model, 'loss': loss, 'total': model + loss}
+
+
+def supervised_step_flops(found: Sequence[Layer], global_batch: int,
+                          trained: Callable[[str], bool]) -> dict[str, int]:
+  """Global FLOPs of one linear-evaluation / fine-tuning step (one view per example): every
+  layer runs forward; a trained layer adds its weight gradient, and its input gradient unless it
+  is the first trained layer (frozen layers before it take no gradient: stop_gradient)."""
+  macs, seen = 0, False
+  for layer in found:
+    t = trained(layer.name)
+    macs += layer.macs * (1 + t + (t and seen))
+    seen = seen or t
+  model = FLOPS_PER_MAC * global_batch * macs
+  return {'model': model, 'loss': 0, 'total': model}

@@ -27,6 +27,8 @@ def format_header(config, chip: chips.Chip, chip_key: str, devices: list, topolo
                   data_source: str, config_path: str) -> str:
   """Which config, on what, compiled by which compiler (first line), model and data."""
   m, d, n, b = config.model, config.data, len(devices), config.train.batch_size
+  per_device = (f'{b // n} pairs ({2 * b // n} views) per device' if config.mode == 'pretrain'
+                else f'{b // n} images per device')
   memory, peak, shared = chip.memory_bytes, chip.peak_flops, ''
   if chip_key == 'cpu':  # Emulated devices share one host: each gets 1/n of its RAM and cores.
     memory, peak, shared = memory // n, peak / n, f' (host shared by {n} devices: 1/{n} each)'
@@ -46,9 +48,11 @@ def format_header(config, chip: chips.Chip, chip_key: str, devices: list, topolo
       f'peak{shared} [{chip.source}]',
       f'model: ResNet-{m.resnet_depth} x{m.width_multiplier:g} (sk_ratio {m.sk_ratio:g}) '
       f'{m.dtype} at {d.image_size} px{", blocks rematerialised" if m.get("remat") else ""}; '
-      f'{config.optim.optimizer}',
+      f'{config.optim.optimizer}; mode {config.mode}'
+      + (f' (fine_tune_after_block {config.fine_tune_after_block})'
+         if config.mode == 'finetune' else ''),
       f'data: {d.dataset} {d.train_split!r} {num_train:,} examples ({data_source}); global batch '
-      f'{b} = {b // n} pairs ({2 * b // n} views) per device; 100 epochs = {steps_100:,} steps'
+      f'{b} = {per_device}; 100 epochs = {steps_100:,} steps'
       + (f'; this config: {total_steps:,} steps' if total_steps not in (None, steps_100) else '')
       + (f'; this config: train.steps={config.train.steps}' if total_steps is None else '')])
 
@@ -66,15 +70,20 @@ def format_plan(config, plan, chip: chips.Chip, chip_key: str, devices: list, to
   nb, a, av = plan.nbytes, plan.analytic, plan.analytic_valid
   parts = nb['params'] + nb['opt_state'] + nb['other_state'] + nb['batch']
   per_device_flops = a['total'] / n
-  views = 2 * b // n
+  pretrain = config.mode == 'pretrain'
+  views = (2 if pretrain else 1) * b // n
   verdict = (f'headroom {1 - nb["total"] / memory:.1%}' if nb['total'] <= memory else
              'OVER the device\'s memory' + ('' if on_tpu else ' by XLA:CPU\'s count (see notes)'))
   lines = [
       format_header(config, chip, chip_key, devices, topology, num_train, data_source,
                     config_path),
-      f'compiled: steps.train_step (jit, state donated, params replicated, batch sharded over '
+      f'compiled: {"steps" if pretrain else "linear_eval"}.train_step (jit, state donated, '
+      f'params replicated, batch sharded over '
       f'\'data\'), the full model at the real per-device batch: nothing scaled; '
-      f'{plan.num_params:,} parameters (encoder {plan.encoder_params:,}); '
+      + ('(precompute_features trains the head on features extracted once instead; this is '
+         'the image protocol\'s step, precompute_features=False); '
+         if config.mode == 'linear_eval' and config.linear_eval.precompute_features else '')
+      + f'{plan.num_params:,} parameters (encoder {plan.encoder_params:,}); '
       f'lower {plan.lower_s:.1f} s, compile {plan.compile_s:.1f} s',
       '',
       f'{"memory per device (" + ("TPU" if on_tpu else "XLA:CPU") + " memory_analysis)":58s} '
@@ -82,7 +91,8 @@ def format_plan(config, plan, chip: chips.Chip, chip_key: str, devices: list, to
       f'  {"parameters (float32)":56s} {nb["params"] / MIB:10.1f}',
       f'  {"optimiser state":56s} {nb["opt_state"] / MIB:10.1f}',
       f'  {"BN statistics + step":56s} {nb["other_state"] / MIB:10.1f}',
-      f'  {"batch input (uint8 views, int32 labels)":56s} {nb["batch"] / MIB:10.1f}',
+      f'  {"batch input (uint8 " + ("views" if pretrain else "images") + ", int32 labels)":56s} '
+      f'{nb["batch"] / MIB:10.1f}',
       f'  {"= arguments (argument_size_in_bytes)":56s} {nb["arguments"] / MIB:10.1f}'
       + ('' if nb['arguments'] == parts else '  (!= sum of the parts above: padding/layout)'),
       f'  {"temporaries (temp_size_in_bytes)":56s} {nb["temp"] / MIB:10.1f}',
@@ -98,12 +108,19 @@ def format_plan(config, plan, chip: chips.Chip, chip_key: str, devices: list, to
       f'{_gflop(per_device_flops)}  XLA/analytic {plan.xla_flops / per_device_flops:.3f}',
       f'  {"analytic, only taps on the input (XLA convention)":56s} '
       f'{_gflop(av["total"] / n)}  XLA/analytic {plan.xla_flops * n / av["total"]:.3f}',
-      f'  analytic (padded), global: model 2 FLOP/MAC x (3 x {plan.forward_macs / 1e9:.4g} GMAC '
-      f'forward per view, less the first conv\'s and the probe\'s input grads) x 2 views x {b} = '
-      f'{a["model"] / 1e9:.6g} GFLOP',
-      f'    + NT-Xent 3 x 2 FLOP/MAC x (2N)^2 x d = 24 N^2 d (N={b}, d={a["loss"] // (24 * b * b)})'
-      f' = {a["loss"] / 1e9:.4g} GFLOP; / {n} devices',
   ]
+  if pretrain:
+    lines += [
+        f'  analytic (padded), global: model 2 FLOP/MAC x (3 x {plan.forward_macs / 1e9:.4g} GMAC '
+        f'forward per view, less the first conv\'s and the probe\'s input grads) x 2 views x {b} '
+        f'= {a["model"] / 1e9:.6g} GFLOP',
+        f'    + NT-Xent 3 x 2 FLOP/MAC x (2N)^2 x d = 24 N^2 d (N={b}, '
+        f'd={a["loss"] // (24 * b * b)}) = {a["loss"] / 1e9:.4g} GFLOP; / {n} devices']
+  else:
+    lines.append(
+        f'  analytic (padded), global: 2 FLOP/MAC x {b} images x ({plan.forward_macs / 1e9:.4g} '
+        f'GMAC forward, + weight and input gradients of the trained layers) = '
+        f'{a["model"] / 1e9:.6g} GFLOP; / {n} devices')
   if on_tpu and plan.optimal_seconds is None:
     lines += ['', f'TPU cost model: bytes accessed per device {plan.bytes_accessed / 2**30:.2f} GiB '
               f'({plan.bytes_accessed / views / MIB:.1f} MiB per view); no step-time estimate '

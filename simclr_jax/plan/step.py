@@ -1,6 +1,6 @@
-"""Compile (never run) the real pretraining step for a list of devices and read what the compiler
-says about it: memory per device, FLOPs, bytes accessed, the TPU cost model's step time, and the
-collectives between devices.
+"""Compile (never run) the real training step of config.mode (pretraining, linear evaluation or
+fine-tuning) for a list of devices and read what the compiler says about it: memory per device,
+FLOPs, bytes accessed, the TPU cost model's step time, and the collectives between devices.
 
 The devices are either emulated CPU devices (XLA:CPU; an estimate for chips libtpu cannot
 target) or a TPU topology's compile-only devices (plan/tpu.py), for which the numbers are the TPU
@@ -96,6 +96,45 @@ def abstract_step(config, devices: Sequence, num_train: int, num_classes: int):
   return step, state, batch, model
 
 
+def abstract_supervised_step(config, devices: Sequence, num_train: int, num_classes: int):
+  """linear_eval / finetune as linear_eval.run builds them on images (the paper's protocol):
+  the Classifier, the optimiser with frozen leaves set to zero, the crop + flip uint8 batch."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from simclr_jax import linear_eval  # pylint: disable=g-import-not-at-top
+  from simclr_jax import optim  # pylint: disable=g-import-not-at-top
+  from simclr_jax import sharding  # pylint: disable=g-import-not-at-top
+  from simclr_jax import steps  # pylint: disable=g-import-not-at-top
+  from simclr_jax.models import classifier  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh(devices)
+  model = classifier.build_classifier(config, num_classes)
+  size = config.data.image_size
+  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                             jnp.zeros((1, size, size, 3), jnp.float32))
+  labels = classifier.trainable_labels(variables['params'], config)
+  tx = linear_eval.create_optimizer(config, num_train, variables['params'])
+  rep = sharding.replicated(mesh)
+  state = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
+      jax.eval_shape(lambda v: steps.TrainState.create(
+          apply_fn=model.apply, params=v['params'], batch_stats=v['batch_stats'], tx=tx),
+                     variables))
+  b, by_batch = config.train.batch_size, sharding.batch_sharded(mesh)
+  batch = {'image': jax.ShapeDtypeStruct((b, size, size, 3), jnp.uint8, sharding=by_batch),
+           'label': jax.ShapeDtypeStruct((b,), jnp.int32, sharding=by_batch)}
+  step = jax.jit(functools.partial(linear_eval.train_step, config=config, labels=labels,
+                                   lr_fn=optim.create_learning_rate_fn(config, num_train),
+                                   forward=linear_eval.image_forward(model.apply)),
+                 donate_argnums=(0,))
+  return step, state, batch, model
+
+
+def abstract_job_step(config, devices: Sequence, num_train: int, num_classes: int):
+  """The step of config.mode: pretraining's or the supervised jobs'."""
+  fn = abstract_step if config.mode == 'pretrain' else abstract_supervised_step
+  return fn(config, devices, num_train, num_classes)
+
+
 def compile_step(step, state, batch):
   """(compiled, lower seconds, compile seconds); DoesNotFit when the TPU compiler runs out of
   memory (XLA:CPU never does)."""
@@ -124,7 +163,7 @@ def compile_plan(config, devices, num_train: int, num_classes: int) -> Plan:
                        f'--xla_force_host_platform_device_count={devices} before JAX starts.')
     devices = jax.devices()[:devices]
   n = len(devices)
-  step, state, batch, model = abstract_step(config, devices, num_train, num_classes)
+  step, state, batch, model = abstract_job_step(config, devices, num_train, num_classes)
   compiled, lower_s, compile_s = compile_step(step, state, batch)
   c = cost(compiled)
   nbytes = dict(memory(compiled),
@@ -137,14 +176,28 @@ def compile_plan(config, devices, num_train: int, num_classes: int) -> Plan:
               if m.proj_head_mode == 'none' else m.proj_out_dim)
   padded = flops.layers(model, (size, size, 3))
   valid = flops.layers(model, (size, size, 3), valid_only=True)
+  if config.mode == 'pretrain':
+    analytic = flops.step_flops(padded, b, proj_dim), flops.step_flops(valid, b, proj_dim)
+  else:
+    trained = _trained_layers(config, state.params)
+    analytic = (flops.supervised_step_flops(padded, b, trained),
+                flops.supervised_step_flops(valid, b, trained))
   count = lambda tree: int(parameter_overview.count_parameters(tree))
   platform = devices[0].platform
   return Plan(n, count(state.params), count(state.params['encoder']), nbytes,
               float(c['flops']), flops.forward_macs(padded),
-              flops.step_flops(padded, b, proj_dim), flops.step_flops(valid, b, proj_dim),
+              *analytic,
               lower_s, compile_s, platform, float(c.get('bytes accessed', 0.0)),
               _optimal_seconds(c) if platform == 'tpu' else None,
               collectives.summarise(compiled.as_text()))
+
+
+def _trained_layers(config, params):
+  """layer name -> whether it trains (classifier.trainable_labels of the params under it)."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  from simclr_jax.models import classifier  # pylint: disable=g-import-not-at-top
+  flat = traverse_util.flatten_dict(classifier.trainable_labels(params, config), sep='/')
+  return lambda name: any(v == 'train' for k, v in flat.items() if k.startswith(name + '/'))
 
 
 def max_batch(config, devices, num_train: int, num_classes: int, memory_bytes: int,
@@ -160,7 +213,7 @@ def max_batch(config, devices, num_train: int, num_classes: int, memory_bytes: i
     c.train.batch_size = per_device * n
     t = time.perf_counter()
     try:
-      compiled, _, _ = compile_step(*abstract_step(c, devices, num_train, num_classes)[:3])
+      compiled, _, _ = compile_step(*abstract_job_step(c, devices, num_train, num_classes)[:3])
       total = memory(compiled)['total']
     except DoesNotFit:
       total = None

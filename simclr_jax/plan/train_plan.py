@@ -26,10 +26,13 @@ only ml_collections) and only then imports JAX; functions that need JAX import i
 import os
 import sys
 
-from absl import app
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before TF is imported anywhere.
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 from ml_collections import config_flags
 
+from simclr_jax import cli
 from simclr_jax.plan import chips
 from simclr_jax.plan import eval_plan
 from simclr_jax.plan import report
@@ -66,9 +69,14 @@ KNOWN_DATASETS = {
     'cifar10': (10, {'train': 50_000, 'test': 10_000}),
     'cifar100': (100, {'train': 50_000, 'test': 10_000}),
     'stl10': (10, {'train': 5_000, 'test': 8_000, 'unlabelled': 100_000}),
+    'imagenet2012_subset/1pct': (1000, {'train': 12_811, 'validation': 50_000}),
+    'imagenet2012_subset/10pct': (1000, {'train': 128_116, 'validation': 50_000}),
     embedded.NAME: (embedded.NUM_CLASSES,
                     {'train': embedded.TRAIN_PER_CLASS * embedded.NUM_CLASSES, 'test': 1_000}),
 }
+
+
+MODES = ('pretrain', 'linear_eval', 'finetune')
 
 
 class PlanError(ValueError):
@@ -107,6 +115,23 @@ def eval_sizes(config) -> tuple[int, int]:
                     f'plan\'s table and the data set is not prepared: {str(e).splitlines()[0]}'
                     ) from e
   return info.num_probe_train, info.num_eval
+
+
+def _architecture(config):
+  """(config, how its architecture was found) for linear_eval / finetune: the model fields of
+  config.init_checkpoint's run where it can be read (as the job does), else the config's own."""
+  if config.mode == 'pretrain':
+    return config, ''
+  from simclr_jax import validation  # pylint: disable=g-import-not-at-top
+  from simclr_jax.checkpoints import pretrained  # pylint: disable=g-import-not-at-top
+  if not config.init_checkpoint:
+    return config, '; architecture from this config (no init_checkpoint)'
+  try:
+    pre = pretrained.pretraining_run(config)
+  except validation.ConfigError as e:
+    raise PlanError(str(e)) from e
+  return (pretrained.merged_config(config, pre.config),
+          f'; architecture from {pre.workdir} (step {pre.step})')
 
 
 def _setup(config) -> tuple[str, list, object, object]:
@@ -155,17 +180,22 @@ def main(argv):
   config = _FLAGS['config'].value
   from simclr_jax.plan import step  # pylint: disable=g-import-not-at-top
   try:
-    if config.mode != 'pretrain':
-      raise PlanError(f'config.mode={config.mode!r}: the plan covers pretraining only')
+    if config.mode not in MODES:
+      raise PlanError(f'config.mode={config.mode!r}: the plan covers {MODES}')
     chip_key, devices, chip, topology = _setup(config)
+    config, arch_source = _architecture(config)
     n = len(devices)
     if config.train.batch_size % n:
       raise PlanError(f'config.train.batch_size={config.train.batch_size} is not a multiple of '
                       f'the {n} devices compiled for ({tpu.describe(devices)})')
     num_train, num_classes, source = dataset_size(config)
+    if config.mode != 'pretrain' and config.data.label_fraction < 1:
+      num_train = max(1, int(num_train * config.data.label_fraction))
+      source += f', label_fraction {config.data.label_fraction}'
+    source += arch_source
     num_probe, num_eval = eval_sizes(config)
   except PlanError as e:
-    print(f'error: {e}', file=sys.stderr)
+    cli.print_error(f'{e}')
     sys.exit(2)
   memory = chip.memory_bytes // n if chip_key == 'cpu' else chip.memory_bytes
   path = config_flags.get_config_filename(flags.FLAGS['config'])
@@ -180,7 +210,10 @@ def main(argv):
   if plan is not None:
     print(report.format_plan(config, plan, chip, chip_key, devices, topology, num_train, source,
                              path))
-  if _FLAGS['eval'].value:
+  if _FLAGS['eval'].value and config.mode != 'pretrain':
+    print(f'\n(the evaluation plan covers pretraining\'s monitors; {config.mode} evaluates '
+          'top-1 from logits, one forward pass per eval image)')
+  elif _FLAGS['eval'].value:
     evals = eval_plan.compile_eval_plan(config, devices, num_probe, num_eval, num_classes)
     print()
     print(eval_plan.format_eval(evals, eval_plan.eval_cost(config, num_train, num_probe,
