@@ -10,14 +10,18 @@ Under SLURM (one process per GPU; see launch/README.md):
 
 B=4096 is kept (512 images, 1024 views per GPU) so that the recipe, learning rate and expected
 accuracy are the paper's: 64.5% linear-eval top-1 after 100 epochs. Memory is not measured on a
-GPU. The compile-only plan (`python -m simclr_jax.plan --config=configs/gpu_8x.py`, docs/pods.md) puts
-this step at 145 GiB per GPU by XLA:CPU's count (about 0.28 GiB per pair; bf16 does not shrink it
-there, as the CPU compiler runs bf16 convolutions in float32), about twice an H100's 80 GB, and
-B=2048 at 73 GiB. A GPU compile fuses and rematerialises differently, so try B=4096 first with the
-memory fraction above (JAX pre-allocates 75% of HBM by default). If it runs out of memory, pass
---config.train.batch_size=2048 (the learning rate is rescaled from it; the paper's Fig. 9 shows a
-small accuracy cost at 100 epochs). Speed is not measured yet; the host CPUs, which decode and
-augment every image for all 8 GPUs, may set it before the GPUs do.
+GPU, and libtpu cannot compile for one: the compile-only plan (`python -m simclr_jax.plan
+--config=configs/gpu_8x.py`, docs/pods.md) falls back to XLA:CPU, which puts this step at 145 GiB
+per GPU (B=2048: 73 GiB). Read that as an upper estimate: for 128 pairs per TPU v3 core XLA:CPU
+counts 36.5 GiB where the TPU compiler needs 8.88 GiB (it keeps bf16 convolutions in bf16 and
+rematerialises to fit), and a GPU compile keeps bf16 convolutions in bf16 too. So try B=4096 first with the memory
+fraction above (JAX pre-allocates 75% of HBM by default). If it runs out of memory, add
+--config.model.remat=True (each ResNet block recomputed in the backward pass, same gradients; on
+a v3-32 at B=8192 it took the TPU compiler's count from 14.34 to 8.05 GiB per core for a 1.26x
+longer cost-model step), or pass --config.train.batch_size=2048 (the learning rate is rescaled
+from it; the paper's Fig. 9 shows a small accuracy cost at 100 epochs). Speed is not measured
+yet; the host CPUs, which decode and augment every image for all 8 GPUs, may set it before the
+GPUs do.
 Evaluation (configs/imagenet.py's cadence: 0.4% of the run if the GPUs set the pace, 3.3% if the
 host's decoding does) keeps features sharded: per GPU 1,253.8 MiB (1.22 GiB) of train-split
 features and at most 1,293.7 MiB (1.26 GiB) for any evaluation function (1,428.4 MiB, 1.39 GiB,
