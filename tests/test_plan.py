@@ -123,6 +123,24 @@ def test_supervised_jobs_compile_with_hand_counted_flops(mode, after):
     assert b['opt_state'] > 0
 
 
+def test_distillation_compiles_the_student_step_and_the_frozen_teachers_forward():
+  """Self-distillation (no teacher checkpoint: the student's architecture): the teacher's
+  variables are a separate, undonated argument the size of the student's params + BN statistics,
+  and the step's FLOPs are fine-tuning's plus one teacher forward pass per image."""
+  config = test_config.get_config()
+  config.mode, config.fine_tune_after_block = 'distill', -1
+  config.data.image_size, config.train.batch_size = 32, 64
+  p = step.compile_plan(config, 8, num_train=4000, num_classes=10)
+  from simclr_jax.models import classifier  # pylint: disable=g-import-not-at-top
+  layers = flops.layers(classifier.build_classifier(config, 10), (32, 32, 3))
+  fwd = sum(l.macs for l in layers)
+  student = 3 * fwd - layers[0].macs  # Everything trains; the image needs no gradient.
+  assert p.analytic['total'] == flops.FLOPS_PER_MAC * 64 * (student + fwd)
+  assert 1.0 <= p.xla_flops * 8 / p.analytic_valid['total'] <= 1.15  # + element-wise work.
+  b = p.nbytes
+  assert b['teacher'] == b['params'] + b['other_state'] - 4  # Less the int32 step counter.
+
+
 def test_dataset_size_needs_no_data():
   assert train_plan.dataset_size(imagenet.get_config())[:2] == (1_281_167, 1000)
 

@@ -13,6 +13,7 @@ import pytest
 from configs import test as test_config
 from simclr_jax.plan import chips
 from simclr_jax.plan import collectives
+from simclr_jax.plan import jobs
 from simclr_jax.plan import step
 from simclr_jax.plan import tpu
 
@@ -135,7 +136,7 @@ def test_max_batch_bisects_to_the_largest_fitting_multiple(monkeypatch):
     return Compiled(b), 0.0, 0.0
 
   n = 4
-  monkeypatch.setattr(step, 'abstract_step', lambda c, devices, *_: (
+  monkeypatch.setattr(jobs, 'abstract_job_step', lambda c, devices, *_: (
       None, None, {'per_device': c.train.batch_size // n}, None))
   monkeypatch.setattr(step, 'compile_step', fake_compile)
   config = test_config.get_config()

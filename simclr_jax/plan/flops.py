@@ -118,14 +118,16 @@ def step_flops(found: Sequence[Layer], global_batch: int, proj_dim: int) -> dict
 
 
 def supervised_step_flops(found: Sequence[Layer], global_batch: int,
-                          trained: Callable[[str], bool]) -> dict[str, int]:
-  """Global FLOPs of one linear-evaluation / fine-tuning step (one view per example): every
-  layer runs forward; a trained layer adds its weight gradient, and its input gradient unless it
-  is the first trained layer (frozen layers before it take no gradient: stop_gradient)."""
+                          trained: Callable[[str], bool], teacher_macs: int = 0
+                          ) -> dict[str, int]:
+  """Global FLOPs of one linear-evaluation / fine-tuning / distillation step (one view per
+  example): every layer runs forward; a trained layer adds its weight gradient, and its input
+  gradient unless it is the first trained layer (frozen layers before it take no gradient:
+  stop_gradient). Distillation adds the frozen teacher's forward pass, teacher_macs per image."""
   macs, seen = 0, False
   for layer in found:
     t = trained(layer.name)
     macs += layer.macs * (1 + t + (t and seen))
     seen = seen or t
-  model = FLOPS_PER_MAC * global_batch * macs
+  model = FLOPS_PER_MAC * global_batch * (macs + teacher_macs)
   return {'model': model, 'loss': 0, 'total': model}

@@ -68,7 +68,10 @@ def format_plan(config, plan, chip: chips.Chip, chip_key: str, devices: list, to
   total_steps = num_train * config.train.epochs // b + 1 if config.train.steps <= 0 else None
   steps_100 = num_train * 100 // b + 1
   nb, a, av = plan.nbytes, plan.analytic, plan.analytic_valid
-  parts = nb['params'] + nb['opt_state'] + nb['other_state'] + nb['batch']
+  parts = nb['params'] + nb['opt_state'] + nb['other_state'] + nb['batch'] + nb.get('teacher', 0)
+  step_fn = {'pretrain': 'steps.train_step',
+             'distill': 'distill.make_distill_step\'s step'}.get(config.mode,
+                                                                  'linear_eval.train_step')
   per_device_flops = a['total'] / n
   pretrain = config.mode == 'pretrain'
   views = (2 if pretrain else 1) * b // n
@@ -77,7 +80,7 @@ def format_plan(config, plan, chip: chips.Chip, chip_key: str, devices: list, to
   lines = [
       format_header(config, chip, chip_key, devices, topology, num_train, data_source,
                     config_path),
-      f'compiled: {"steps" if pretrain else "linear_eval"}.train_step (jit, state donated, '
+      f'compiled: {step_fn} (jit, state donated, '
       f'params replicated, batch sharded over '
       f'\'data\'), the full model at the real per-device batch: nothing scaled; '
       + ('(precompute_features trains the head on features extracted once instead; this is '
@@ -93,8 +96,11 @@ def format_plan(config, plan, chip: chips.Chip, chip_key: str, devices: list, to
       f'  {"BN statistics + step":56s} {nb["other_state"] / MIB:10.1f}',
       f'  {"batch input (uint8 " + ("views" if pretrain else "images") + ", int32 labels)":56s} '
       f'{nb["batch"] / MIB:10.1f}',
+      *([f'  {"frozen teacher: parameters + BN statistics (not donated)":56s} '
+         f'{nb["teacher"] / MIB:10.1f}'] if nb.get('teacher') else []),
       f'  {"= arguments (argument_size_in_bytes)":56s} {nb["arguments"] / MIB:10.1f}'
-      + ('' if nb['arguments'] == parts else '  (!= sum of the parts above: padding/layout)'),
+      + ('' if nb['arguments'] == parts else
+         '  (!= the parts above: padding/layout, or inputs the program never reads)'),
       f'  {"temporaries (temp_size_in_bytes)":56s} {nb["temp"] / MIB:10.1f}',
       f'  {"outputs not aliased to donated inputs":56s} '
       f'{(nb["outputs"] - nb["alias"]) / MIB:10.1f}',
@@ -119,7 +125,8 @@ def format_plan(config, plan, chip: chips.Chip, chip_key: str, devices: list, to
   else:
     lines.append(
         f'  analytic (padded), global: 2 FLOP/MAC x {b} images x ({plan.forward_macs / 1e9:.4g} '
-        f'GMAC forward, + weight and input gradients of the trained layers) = '
+        f'GMAC forward, + weight and input gradients of the trained layers'
+        + (', + the teacher\'s forward' if config.mode == 'distill' else '') + ') = '
         f'{a["model"] / 1e9:.6g} GFLOP; / {n} devices')
   if on_tpu and plan.optimal_seconds is None:
     lines += ['', f'TPU cost model: bytes accessed per device {plan.bytes_accessed / 2**30:.2f} GiB '

@@ -9,13 +9,13 @@ size; the SPMD partitioner emits the one program each device runs, so XLA's coun
 """
 
 import dataclasses
-import functools
 import time
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
 from simclr_jax.plan import collectives
+from simclr_jax.plan import jobs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,72 +69,6 @@ def _optimal_seconds(c: dict) -> Optional[float]:
   return float(t) if t is not None and t > 0 else None
 
 
-def abstract_step(config, devices: Sequence, num_train: int, num_classes: int):
-  """(jitted step, abstract state, abstract batch, model) on a mesh of `devices`, as
-  train.py builds them: parameters and LARS state replicated and donated, batch sharded."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from simclr_jax import models  # pylint: disable=g-import-not-at-top
-  from simclr_jax import optim  # pylint: disable=g-import-not-at-top
-  from simclr_jax import sharding  # pylint: disable=g-import-not-at-top
-  from simclr_jax import steps  # pylint: disable=g-import-not-at-top
-  mesh = sharding.make_mesh(devices)
-  model = models.build_model(config, num_classes)  # XLA's convolutions: what a TPU/GPU runs.
-  size = config.data.image_size
-  tx = optim.create_optimizer(config, num_train)
-  init = functools.partial(steps.create_train_state, model=model, tx=tx,
-                           image_shape=(size, size, 3))
-  rep = sharding.replicated(mesh)
-  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
-                       jax.eval_shape(init, jax.random.key(config.seed, impl='rbg')))
-  b, by_batch = config.train.batch_size, sharding.batch_sharded(mesh)
-  batch = {'views': jax.ShapeDtypeStruct((b, 2, size, size, 3), jnp.uint8, sharding=by_batch),
-           'label': jax.ShapeDtypeStruct((b,), jnp.int32, sharding=by_batch)}
-  step = jax.jit(functools.partial(steps.train_step, config=config, mesh=mesh,
-                                   lr_fn=optim.create_learning_rate_fn(config, num_train)),
-                 donate_argnums=(0,))
-  return step, state, batch, model
-
-
-def abstract_supervised_step(config, devices: Sequence, num_train: int, num_classes: int):
-  """linear_eval / finetune as linear_eval.run builds them on images (the paper's protocol):
-  the Classifier, the optimiser with frozen leaves set to zero, the crop + flip uint8 batch."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from simclr_jax import linear_eval  # pylint: disable=g-import-not-at-top
-  from simclr_jax import optim  # pylint: disable=g-import-not-at-top
-  from simclr_jax import sharding  # pylint: disable=g-import-not-at-top
-  from simclr_jax import steps  # pylint: disable=g-import-not-at-top
-  from simclr_jax.models import classifier  # pylint: disable=g-import-not-at-top
-  mesh = sharding.make_mesh(devices)
-  model = classifier.build_classifier(config, num_classes)
-  size = config.data.image_size
-  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
-                             jnp.zeros((1, size, size, 3), jnp.float32))
-  labels = classifier.trainable_labels(variables['params'], config)
-  tx = linear_eval.create_optimizer(config, num_train, variables['params'])
-  rep = sharding.replicated(mesh)
-  state = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
-      jax.eval_shape(lambda v: steps.TrainState.create(
-          apply_fn=model.apply, params=v['params'], batch_stats=v['batch_stats'], tx=tx),
-                     variables))
-  b, by_batch = config.train.batch_size, sharding.batch_sharded(mesh)
-  batch = {'image': jax.ShapeDtypeStruct((b, size, size, 3), jnp.uint8, sharding=by_batch),
-           'label': jax.ShapeDtypeStruct((b,), jnp.int32, sharding=by_batch)}
-  step = jax.jit(functools.partial(linear_eval.train_step, config=config, labels=labels,
-                                   lr_fn=optim.create_learning_rate_fn(config, num_train),
-                                   forward=linear_eval.image_forward(model.apply)),
-                 donate_argnums=(0,))
-  return step, state, batch, model
-
-
-def abstract_job_step(config, devices: Sequence, num_train: int, num_classes: int):
-  """The step of config.mode: pretraining's or the supervised jobs'."""
-  fn = abstract_step if config.mode == 'pretrain' else abstract_supervised_step
-  return fn(config, devices, num_train, num_classes)
-
-
 def compile_step(step, state, batch):
   """(compiled, lower seconds, compile seconds); DoesNotFit when the TPU compiler runs out of
   memory (XLA:CPU never does)."""
@@ -151,8 +85,10 @@ def compile_step(step, state, batch):
   return compiled, lower_s, time.perf_counter() - t - lower_s
 
 
-def compile_plan(config, devices, num_train: int, num_classes: int) -> Plan:
-  """Lowers and compiles the train step for `devices` (or the first N local devices if an int)."""
+def compile_plan(config, devices, num_train: int, num_classes: int,
+                 teacher_config=None) -> Plan:
+  """Lowers and compiles the train step for `devices` (or the first N local devices if an int);
+  teacher_config: distillation's teacher architecture (None: the student's)."""
   from clu import parameter_overview  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from simclr_jax.plan import flops  # pylint: disable=g-import-not-at-top
@@ -163,14 +99,22 @@ def compile_plan(config, devices, num_train: int, num_classes: int) -> Plan:
                        f'--xla_force_host_platform_device_count={devices} before JAX starts.')
     devices = jax.devices()[:devices]
   n = len(devices)
-  step, state, batch, model = abstract_job_step(config, devices, num_train, num_classes)
+  step, state, batch, model = jobs.abstract_job_step(config, devices, num_train, num_classes,
+                                                     teacher_config)
+  teacher_macs = (0, 0)  # Distillation's frozen teacher: forward MACs per image (padded, valid).
+  if config.mode == 'distill':
+    model, teacher = model
+    shape = (config.data.image_size,) * 2 + (3,)
+    teacher_macs = tuple(flops.forward_macs(flops.layers(teacher, shape, valid_only=v))
+                         for v in (False, True))
   compiled, lower_s, compile_s = compile_step(step, state, batch)
   c = cost(compiled)
   nbytes = dict(memory(compiled),
                 params=_device_bytes(jax.tree.leaves(state.params)),
                 opt_state=_device_bytes(jax.tree.leaves(state.opt_state)),
                 other_state=_device_bytes(jax.tree.leaves((state.step, state.batch_stats))),
-                batch=_device_bytes(jax.tree.leaves(batch)))
+                batch=_device_bytes(jax.tree.leaves(batch)),
+                teacher=_device_bytes(jax.tree.leaves(getattr(step, 'teacher_variables', {}))))
   m, size, b = config.model, config.data.image_size, config.train.batch_size
   proj_dim = (resnet.feature_dim(m.resnet_depth, m.width_multiplier)
               if m.proj_head_mode == 'none' else m.proj_out_dim)
@@ -180,8 +124,8 @@ def compile_plan(config, devices, num_train: int, num_classes: int) -> Plan:
     analytic = flops.step_flops(padded, b, proj_dim), flops.step_flops(valid, b, proj_dim)
   else:
     trained = _trained_layers(config, state.params)
-    analytic = (flops.supervised_step_flops(padded, b, trained),
-                flops.supervised_step_flops(valid, b, trained))
+    analytic = (flops.supervised_step_flops(padded, b, trained, teacher_macs[0]),
+                flops.supervised_step_flops(valid, b, trained, teacher_macs[1]))
   count = lambda tree: int(parameter_overview.count_parameters(tree))
   platform = devices[0].platform
   return Plan(n, count(state.params), count(state.params['encoder']), nbytes,
@@ -201,7 +145,8 @@ def _trained_layers(config, params):
 
 
 def max_batch(config, devices, num_train: int, num_classes: int, memory_bytes: int,
-              headroom: float = 0.10, granularity: int = 8, log=print) -> tuple[int, dict]:
+              headroom: float = 0.10, granularity: int = 8, log=print, teacher_config=None
+              ) -> tuple[int, dict]:
   """The largest global batch (a multiple of granularity x devices) whose step the compiler
   fits in (1 - headroom) x memory_bytes per device, by doubling then bisection; and
   {global batch: total bytes per device or None (did not compile: out of memory)} tried."""
@@ -213,7 +158,8 @@ def max_batch(config, devices, num_train: int, num_classes: int, memory_bytes: i
     c.train.batch_size = per_device * n
     t = time.perf_counter()
     try:
-      compiled, _, _ = compile_step(*abstract_job_step(c, devices, num_train, num_classes)[:3])
+      compiled, _, _ = compile_step(*jobs.abstract_job_step(c, devices, num_train, num_classes,
+                                                              teacher_config)[:3])
       total = memory(compiled)['total']
     except DoesNotFit:
       total = None

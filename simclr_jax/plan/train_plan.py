@@ -76,7 +76,7 @@ KNOWN_DATASETS = {
 }
 
 
-MODES = ('pretrain', 'linear_eval', 'finetune')
+MODES = ('pretrain', 'linear_eval', 'finetune', 'distill')
 
 
 class PlanError(ValueError):
@@ -118,20 +118,34 @@ def eval_sizes(config) -> tuple[int, int]:
 
 
 def _architecture(config):
-  """(config, how its architecture was found) for linear_eval / finetune: the model fields of
-  config.init_checkpoint's run where it can be read (as the job does), else the config's own."""
+  """(config, teacher's config or None, how they were found) for linear_eval / finetune /
+  distill: the model fields of config.init_checkpoint's run where it is set (as the job takes
+  them), else the config's own; distill's teacher from distill.teacher_checkpoint's run, else
+  the student's architecture (self-distillation)."""
   if config.mode == 'pretrain':
-    return config, ''
+    return config, None, ''
   from simclr_jax import validation  # pylint: disable=g-import-not-at-top
   from simclr_jax.checkpoints import pretrained  # pylint: disable=g-import-not-at-top
-  if not config.init_checkpoint:
-    return config, '; architecture from this config (no init_checkpoint)'
   try:
+    teacher, note = None, ''
+    if config.mode == 'distill':
+      if config.distill.teacher_checkpoint:
+        from simclr_jax import distill  # pylint: disable=g-import-not-at-top
+        found = distill.locate_teacher(config)
+        config, pre = distill.student_config(config, found)  # As distill.run takes them.
+        return config, found.config, (
+            f'; architecture from {pre.workdir} (step {pre.step})' if pre else
+            '; architecture from this config (no init_checkpoint)') + (
+                f'; teacher from {found.workdir} (step {found.step})')
+      else:
+        note = '; teacher: the student\'s architecture (no distill.teacher_checkpoint)'
+    if not config.init_checkpoint:
+      return config, teacher, '; architecture from this config (no init_checkpoint)' + note
     pre = pretrained.pretraining_run(config)
   except validation.ConfigError as e:
     raise PlanError(str(e)) from e
-  return (pretrained.merged_config(config, pre.config),
-          f'; architecture from {pre.workdir} (step {pre.step})')
+  return (pretrained.merged_config(config, pre.config), teacher,
+          f'; architecture from {pre.workdir} (step {pre.step})' + note)
 
 
 def _setup(config) -> tuple[str, list, object, object]:
@@ -183,7 +197,7 @@ def main(argv):
     if config.mode not in MODES:
       raise PlanError(f'config.mode={config.mode!r}: the plan covers {MODES}')
     chip_key, devices, chip, topology = _setup(config)
-    config, arch_source = _architecture(config)
+    config, teacher_config, arch_source = _architecture(config)
     n = len(devices)
     if config.train.batch_size % n:
       raise PlanError(f'config.train.batch_size={config.train.batch_size} is not a multiple of '
@@ -200,7 +214,7 @@ def main(argv):
   memory = chip.memory_bytes // n if chip_key == 'cpu' else chip.memory_bytes
   path = config_flags.get_config_filename(flags.FLAGS['config'])
   try:
-    plan = step.compile_plan(config, devices, num_train, num_classes)
+    plan = step.compile_plan(config, devices, num_train, num_classes, teacher_config)
   except step.DoesNotFit as e:
     print(report.format_header(config, chip, chip_key, devices, topology, num_train, source, path))
     print(f'\nDOES NOT FIT: the TPU compiler ran out of memory: {e}\n'
@@ -222,7 +236,8 @@ def main(argv):
   if _FLAGS['max_batch'].value:
     print(f'\nlargest global batch that fits with 10% headroom ({0.9 * memory / 2**30:.2f} GiB '
           f'per device), by the {"TPU" if devices[0].platform == "tpu" else "XLA:CPU"} compiler:')
-    best, _ = step.max_batch(config, devices, num_train, num_classes, memory)
+    best, _ = step.max_batch(config, devices, num_train, num_classes, memory,
+                             teacher_config=teacher_config)
     print(f'max batch: {best} ({best // n} per device)' if best else
           'max batch: none fits, not even 8 per device')
   if plan is None:
