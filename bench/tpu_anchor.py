@@ -13,10 +13,12 @@ the TPU compiler says: FLOPs, bytes accessed, the cost model's time, and memory.
 """
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
 import time
+import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ['JAX_PLATFORMS'] = 'cpu'
@@ -118,15 +120,19 @@ def main():
   parser.add_argument('--topology', default='v3:4x4')
   parser.add_argument('--views_per_core', type=int, default=256)
   parser.add_argument('--image_size', type=int, default=224)
+  parser.add_argument('--ablate', action='store_true',
+                      help='Also compile ours without each difference from the anchor in turn, and with the '
+      'two-pass BN variance.')
   args = parser.parse_args()
   devices = tpu.devices(args.topology)
   from configs import imagenet  # pylint: disable=g-import-not-at-top
   from simclr_jax.plan import step as plan_step  # pylint: disable=g-import-not-at-top
+  from simclr_jax.plan import jobs as plan_jobs  # pylint: disable=g-import-not-at-top
   config = imagenet.get_config()
   config.data.image_size = args.image_size
   config.train.batch_size = args.views_per_core // 2 * len(devices)
   t = time.perf_counter()
-  ours = plan_step.compile_step(*plan_step.abstract_step(config, devices, 1_281_167, 1000)[:3])[0]
+  ours = plan_step.compile_step(*plan_jobs.abstract_step(config, devices, 1_281_167, 1000)[:3])[0]
   ours_s = time.perf_counter() - t
   anchor, anchor_s = compile_anchor(devices, args.views_per_core, args.image_size)
   v = args.views_per_core
@@ -141,6 +147,58 @@ def main():
   print(r2)
   print(f'\nours / anchor: FLOPs {c1["flops"] / c2["flops"]:.3f}, bytes accessed '
         f'{c1["bytes accessed"] / c2["bytes accessed"]:.3f}, cost-model time {t1 / t2:.3f}')
+  if args.ablate:
+    ablate(config, devices, v, c2, t2)
+
+
+# Ours, with one difference from the anchor removed at a time (then all of them).
+ABLATIONS = {
+    'no online probe (train.lineareval_while_pretraining=False)':
+        {'train.lineareval_while_pretraining': False},
+    'SGD momentum instead of LARS (optim.optimizer=momentum)': {'optim.optimizer': 'momentum'},
+    'no projection head (model.proj_head_mode=none)': {'model.proj_head_mode': 'none'},
+    'two-pass BN variance (flax use_fast_variance=False; ours until 2026-12-06)':
+        {'fast_variance': False},
+}
+
+
+@contextlib.contextmanager
+def _bn_variance(fast):
+  """resnet.py's BatchNorm with use_fast_variance=fast (None: as resnet.py builds it), for one
+  compile: one pass E[x^2] - mean^2 (ours, the official code's, the anchor's) or two passes."""
+  from simclr_jax.models import resnet  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  proxy = types.SimpleNamespace(**{k: getattr(nn, k) for k in dir(nn) if not k.startswith('__')})
+  proxy.BatchNorm = lambda **kw: nn.BatchNorm(**dict(kw, use_fast_variance=fast))
+  saved = resnet.nn
+  resnet.nn = saved if fast is None else proxy
+  try:
+    yield
+  finally:
+    resnet.nn = saved
+
+
+def ablate(config, devices, views, anchor_cost, anchor_t):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from simclr_jax.plan import step as plan_step  # pylint: disable=g-import-not-at-top
+  from simclr_jax.plan import jobs as plan_jobs  # pylint: disable=g-import-not-at-top
+  print('\n| ours, with | GFLOP per view | MiB accessed per view | cost-model us per view | '
+        'memory GiB | compile s | bytes / anchor | time / anchor |')
+  print('|---|---|---|---|---|---|---|---|')
+  every = {k: v for d in ABLATIONS.values() for k, v in d.items() if k != 'fast_variance'}
+  for name, change in list(ABLATIONS.items()) + [('the first three together', every)]:
+    c = ml_collections.ConfigDict(config.to_dict())
+    for key, value in change.items():
+      if key != 'fast_variance':
+        group, field = key.split('.')
+        c[group][field] = value
+    t = time.perf_counter()
+    with _bn_variance(change.get('fast_variance')):
+      compiled = plan_step.compile_step(
+          *plan_jobs.abstract_step(c, devices, 1_281_167, 1000)[:3])[0]
+    text, cost, secs = row(name, compiled, views, time.perf_counter() - t)
+    print(f'{text} {cost["bytes accessed"] / anchor_cost["bytes accessed"]:.3f} | '
+          f'{secs / anchor_t:.3f} |', flush=True)
 
 
 if __name__ == '__main__':
