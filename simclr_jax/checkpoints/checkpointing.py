@@ -42,15 +42,22 @@ HARMLESS_KEYS = ('name', 'train.log_every_seconds', 'train.checkpoint_every_step
                  'model.conv_impl', 'model.remat')
 
 
-def manager(workdir: str, keep: int = 2, create: bool = True) -> ocp.CheckpointManager:
+def manager(workdir: str, keep: int = 2, create: bool = True,
+            alone: bool = False) -> ocp.CheckpointManager:
+  """`alone`: for a listing by one process (cluster.process_0_does runs it on process 0 only):
+  Orbax's constructor otherwise waits in a barrier for every process, which never come."""
   if jax.default_backend() == 'cpu':
     # Emulated CPU devices share one host, so replica-parallel saving buys nothing and costs one
     # eager slice compile per array and device (10-20 s on the first save of the test model).
     ocp.type_handlers.register_type_handler(
         jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+  me = jax.process_index()
+  processes = (ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+               if alone else ocp.options.MultiprocessingOptions())
   return ocp.CheckpointManager(
       epath.Path(workdir) / CHECKPOINT_DIR,
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create))
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
+                                           multiprocessing_options=processes))
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:

@@ -71,7 +71,7 @@ def latest_step(workdir: str) -> Optional[int]:
   """
   if not (epath.Path(workdir) / checkpointing.CHECKPOINT_DIR).exists():
     return None
-  mngr = checkpointing.manager(workdir, create=False)
+  mngr = checkpointing.manager(workdir, create=False, alone=True)
   try:
     return mngr.latest_step()
   finally:
@@ -115,7 +115,7 @@ def available_steps(workdir: str) -> list[int]:
   """The workdir's checkpoint steps, oldest first (Orbax's listing), for error messages."""
   if not (epath.Path(workdir) / checkpointing.CHECKPOINT_DIR).exists():
     return []
-  mngr = checkpointing.manager(workdir, create=False)
+  mngr = checkpointing.manager(workdir, create=False, alone=True)
   try:
     return sorted(int(s) for s in mngr.all_steps())
   finally:
