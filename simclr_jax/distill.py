@@ -276,9 +276,11 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   else:
     variables = init_student(model, config, mesh)
   labels = classifier.trainable_labels(variables['params'], config)
-  state = steps.TrainState.create(
+  # Placed as the step returns it (replicated), or the second step would compile again.
+  state = jax.device_put(steps.TrainState.create(
       apply_fn=model.apply, params=variables['params'], batch_stats=variables['batch_stats'],
-      tx=linear_eval.create_optimizer(config, info.num_train, variables['params']))
+      tx=linear_eval.create_optimizer(config, info.num_train, variables['params'])),
+                         sharding.replicated(mesh))
 
   outputs_fn = feature_store.make_outputs_fn(_monitor_apply(model.apply), mesh)
   bank_indices, _ = representations.knn_bank(config, info, workdir)
