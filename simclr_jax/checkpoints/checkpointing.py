@@ -176,7 +176,9 @@ def flat(config: dict) -> dict:
 # Keys added after runs were written, with the value that reproduces those runs: absent in an old
 # config.json and at this value now is no change.
 ADDED_KEYS = {'aug.on_device': False, 'model.conv_impl': 'xla', 'train.profile_steps': 0,
-              'data.max_corrupt_fraction': 0.001, 'model.remat': False}
+              'data.max_corrupt_fraction': 0.001, 'model.remat': False,
+              'distill.teacher_checkpoint': None, 'distill.temperature': 1.0,
+              'distill.alpha': 0.0, 'distill.tau_squared': False}
 
 
 def config_changes(old: dict, new: dict) -> tuple[list, list]:
