@@ -4,10 +4,10 @@
         --config.distill.teacher_checkpoint=FINETUNE_WORKDIR [--config.init_checkpoint=PRE] \
         --workdir=NEW
 
-The teacher is any workdir with a supervised head, frozen: a fine-tuning (or linear-eval, or
-distillation) run, or a pretraining / converted official run whose checkpoint holds
-head_supervised (its online probe, or an official fine-tuned release). Its architecture and
-image size come from its config.json. The student is the model config.model describes (the
+The teacher (checkpoints/teacher.py) is any workdir with a supervised head, frozen: a
+fine-tuning (or linear-eval, or distillation) run, or a pretraining / converted official run
+whose checkpoint holds head_supervised (its online probe, or an official fine-tuned release).
+Its architecture and image size come from its config.json. The student is the model config.model describes (the
 same network as the teacher: self-distillation), trained whole, initialised from the
 pretraining run config.init_checkpoint names (the paper's self-distillation; its architecture
 then wins over config.model) or at random (None).
@@ -24,7 +24,6 @@ top-5 on data.eval_split and kNN of its head input (representations.monitor); Te
 scalars, eval_history.json, results.json (also the teacher's top-1 on the same split).
 """
 
-import dataclasses
 import functools
 import json
 import os
@@ -42,7 +41,6 @@ from simclr_jax import data_check
 from simclr_jax import linear_eval
 from simclr_jax import loop
 from simclr_jax import losses
-from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import progress
 from simclr_jax import sharding
@@ -52,6 +50,7 @@ from simclr_jax import validation
 from simclr_jax.checkpoints import checkpointing
 from simclr_jax.checkpoints import encoder as encoders
 from simclr_jax.checkpoints import pretrained
+from simclr_jax.checkpoints import teacher as teachers
 from simclr_jax.cpu import ops
 from simclr_jax.data import sources
 from simclr_jax.data import supervised
@@ -60,6 +59,10 @@ from simclr_jax.evaluators import representations
 from simclr_jax.models import classifier
 
 MODE = 'distill'
+# The pieces a job is assembled from, under the names tests and notebooks use.
+Teacher = teachers.Teacher
+locate_teacher = teachers.locate_teacher
+load_teacher = teachers.load_teacher
 RESULTS_FILE = 'results.json'
 
 
@@ -122,77 +125,6 @@ class _BoundStep:
 
   def lower(self, state, batch):
     return self.jitted.lower(state, batch, self.teacher_variables)
-
-
-# ---- the teacher ----
-
-
-@dataclasses.dataclass
-class Teacher:
-  """A frozen classifier: its run's workdir, step and config, the module and its output name."""
-  workdir: str
-  step: int
-  config: ml_collections.ConfigDict
-  model: Any = None
-  output: str = 'logits'  # 'logits' (Classifier) or 'sup_logits' (SimCLR with its probe).
-  variables: Any = None
-
-  @property
-  def num_classes(self) -> int:
-    return encoders.num_classes(self.variables['params'])
-
-
-def locate_teacher(config: ml_collections.ConfigDict) -> Teacher:
-  """The checkpoint distill.teacher_checkpoint names (a workdir: its newest checkpoint; or
-  workdir/checkpoints/<step>), with its run's config; reads nothing else. Process 0 decides."""
-  src = config.distill.teacher_checkpoint
-
-  def find():
-    workdir, step = encoders.split_path(src)
-    try:
-      cfg = checkpointing.read_config(workdir)
-    except FileNotFoundError as e:
-      raise validation.ConfigError(f'config.distill.teacher_checkpoint={src!r}: {e}') from e
-    step = encoders.latest_step(workdir) if step is None else step
-    if step is None or not (epath.Path(workdir) / checkpointing.CHECKPOINT_DIR / str(step)
-                            ).exists():
-      raise validation.ConfigError(f'config.distill.teacher_checkpoint={src!r} has no checkpoint'
-                                   + ('' if step is None else f' of step {step}') + '.')
-    return {'workdir': workdir, 'step': int(step), 'config': cfg.to_dict()}
-
-  found = cluster.process_0_does(find, f'locating config.distill.teacher_checkpoint={src!r}')
-  return Teacher(found['workdir'], found['step'], ml_collections.ConfigDict(found['config']))
-
-
-def load_teacher(teacher: Teacher, config: ml_collections.ConfigDict, mesh) -> Teacher:
-  """`teacher` with its module and variables (replicated on `mesh`); ConfigError if it has no
-  supervised head. A linear-eval run on precomputed features saved only its head: the encoder
-  then comes from that run's own init_checkpoint."""
-  cfg, mode = teacher.config, teacher.config.get('mode', 'pretrain')
-  variables = encoders.restore_variables(teacher.workdir, teacher.step,
-                                         sharding.replicated(mesh))
-  if 'head_supervised' not in variables['params']:
-    raise validation.ConfigError(
-        f'config.distill.teacher_checkpoint={teacher.workdir!r} ({mode} run, step '
-        f'{teacher.step}) has no supervised head: fine-tune it first (config.mode=finetune), '
-        'or pretrain with train.lineareval_while_pretraining.')
-  num_classes = encoders.num_classes(variables['params'])
-  conv = ops.model_ops(config)  # This machine's convolutions, the teacher's architecture.
-  if mode == 'pretrain':
-    d = cfg.to_dict()
-    d.setdefault('train', {})['lineareval_while_pretraining'] = True
-    model = models.build_model(ml_collections.ConfigDict(d), num_classes, conv)
-    output = 'sup_logits'
-  else:
-    model, output = classifier.build_classifier(cfg, num_classes, conv), 'logits'
-    if 'encoder' not in variables['params']:  # linear_eval.precompute_features: head only.
-      pre = encoders.locate(cfg.init_checkpoint)
-      full = classifier.init_variables(
-          model, encoders.restore_variables(pre.workdir, pre.step, sharding.replicated(mesh)),
-          cfg, mesh)
-      full['params']['head_supervised'] = variables['params']['head_supervised']
-      variables = full
-  return dataclasses.replace(teacher, model=model, output=output, variables=variables)
 
 
 # ---- the job ----
