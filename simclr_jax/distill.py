@@ -7,10 +7,10 @@
 The teacher (checkpoints/teacher.py) is any workdir with a supervised head, frozen: a
 fine-tuning (or linear-eval, or distillation) run, or a pretraining / converted official run
 whose checkpoint holds head_supervised (its online probe, or an official fine-tuned release).
-Its architecture and image size come from its config.json. The student is the model config.model describes (the
-same network as the teacher: self-distillation), trained whole, initialised from the
-pretraining run config.init_checkpoint names (the paper's self-distillation; its architecture
-then wins over config.model) or at random (None).
+Its architecture and image size come from its config.json. The student is the model
+config.model describes (the same network as the teacher: self-distillation), trained whole,
+initialised from the pretraining run config.init_checkpoint names (the paper's
+self-distillation; its architecture then wins over config.model) or at random (None).
 
 Each step crops and flips a batch of config.data.train_split (labels unused unless
 distill.alpha > 0; an unlabelled split such as stl10's works), runs the teacher on the SAME
