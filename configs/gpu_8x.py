@@ -17,7 +17,7 @@ counts 36.5 GiB where the TPU compiler needs 8.88 GiB (it keeps bf16 convolution
 rematerialises to fit), and a GPU compile keeps bf16 convolutions in bf16 too. So try B=4096 first with the memory
 fraction above (JAX pre-allocates 75% of HBM by default). If it runs out of memory, add
 --config.model.remat=True (each ResNet block recomputed in the backward pass, same gradients; on
-a v3-32 at B=8192 it took the TPU compiler's count from 14.34 to 8.05 GiB per core for a 1.26x
+a v3-32 at B=8192 it took the TPU compiler's count from 14.35 to 8.05 GiB per core for a 1.23x
 longer cost-model step), or pass --config.train.batch_size=2048 (the learning rate is rescaled
 from it; the paper's Fig. 9 shows a small accuracy cost at 100 epochs). Speed is not measured
 yet; the host CPUs, which decode and augment every image for all 8 GPUs, may set it before the

@@ -9,7 +9,7 @@ which runs, on every worker:
         --workdir=gs://BUCKET/simclr/r50_100ep --config.data.data_dir=gs://BUCKET/tensorflow_datasets
 
 Paper: ~1.5 h for 100 epochs at ~185 images/s per core. Our speed on TPU is not yet measured; the
-TPU compiler (the plan) gives 2.81 GiB per core and a cost-model step of 64 ms (33 min for 100
+TPU compiler (the plan) gives 2.81 GiB per core and a cost-model step of 56 ms (29 min for 100
 epochs, ignoring the input pipeline).
 
 Evaluation (configs/imagenet.py: the kNN monitor every 10 epochs on a 100k-image bank, the final

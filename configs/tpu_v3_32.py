@@ -9,7 +9,7 @@ Every host runs the same command; launch/tpu_pod.sh starts it on all of them (la
 Expected: the paper's 64.5% linear-eval top-1 after 100 epochs. Our speed on TPU is not yet
 measured. The plan (`python -m simclr_jax.plan --config=configs/tpu_v3_32.py`, TPU compiler via
 `pip install -e '.[tpu]'`) gives 8.88 GiB per core of a v3 core's 16 GiB, and a cost-model step of
-220 ms (1.9 h for 100 epochs, ignoring the input pipeline). B 8192 needs 14.34 GiB (10.3%
+193 ms (1.7 h for 100 epochs, ignoring the input pipeline). B 8192 needs 14.35 GiB (10.3%
 headroom), 8.05 GiB with --config.model.remat=True.
 Evaluation (configs/imagenet.py's cadence, about 3.3% of the run at most) keeps features sharded:
 per core 313.5 MiB of train-split features, and at most 352.8 MiB for any evaluation function
