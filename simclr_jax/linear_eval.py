@@ -283,9 +283,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   progress.say(f'{n_train:,} trainable parameters; {job.num_train} labelled examples; global '
                f'batch {config.train.batch_size}; '
                f'{optim.total_steps(config, job.num_train)} steps.')
-  state = steps.TrainState.create(apply_fn=model.apply, params=job.params,
-                                  batch_stats=job.batch_stats,
-                                  tx=create_optimizer(config, job.num_train, job.params))
+  # Placed as the step returns it (replicated), or the second step would compile again.
+  state = jax.device_put(steps.TrainState.create(
+      apply_fn=model.apply, params=job.params, batch_stats=job.batch_stats,
+      tx=create_optimizer(config, job.num_train, job.params)), sharding.replicated(mesh))
   run_ = _train(config, workdir, state, job.batches, job.forward, labels, job.num_train, mesh,
                 writer)
   step = int(jax.device_get(run_.state.step))

@@ -1,6 +1,6 @@
 """The plan on the TPU compiler (libtpu, compile-only on this CPU machine): topologies, a small
-step compiled for a v3 and a v5e slice (fits, the designed collectives and nothing else), the
-command line, the missing-libtpu line, and the max-batch bisection.
+step compiled for a v3 slice (fits, the designed collectives and nothing else), the command line
+(which compiles for v5e), the missing-libtpu line, and the max-batch bisection.
 
 libtpu is in the test extra: without it these tests FAIL (CI must compile for a TPU)."""
 
@@ -47,7 +47,7 @@ def test_a_bad_topology_names_what_is_allowed(bad):
     tpu.chip_key(bad)
 
 
-@pytest.mark.parametrize('topology', ['v3:2x2', 'v5e:2x2'])
+@pytest.mark.parametrize('topology', ['v3:2x2'])  # v5e compiles too; 45 s of CI time.
 def test_a_small_step_compiles_for_tpu_fits_and_has_the_designed_collectives(topology):
   """ResNet-18 at 64 px, bf16, B 256: the TPU compiler's memory and cost, and the program's
   collectives: the loss's all-gather of both views' projections, all-reduces, nothing else."""
@@ -146,6 +146,13 @@ def test_max_batch_bisects_to_the_largest_fitting_multiple(monkeypatch):
   assert tried[256 * n] is None  # Out of memory is "does not fit", not an error.
   config.train.batch_size = 4 * 1000  # Start above: halves, then bisects.
   assert step.max_batch(config, [None] * n, 1000, 10, 200 * mib, log=lambda _: None)[0] == 168 * n
+
+
+def test_a_negative_or_missing_cost_model_time_is_no_estimate():
+  # libtpu 0.0.42.1 returns a negative optimal_seconds for v4 and v5e steps.
+  assert step._optimal_seconds({'optimal_seconds': -3.0}) is None  # pylint: disable=protected-access
+  assert step._optimal_seconds({}) is None  # pylint: disable=protected-access
+  assert step._optimal_seconds({'optimal_seconds': 0.25}) == 0.25  # pylint: disable=protected-access
 
 
 def test_collectives_are_read_from_hlo_text():
