@@ -52,7 +52,6 @@ from simclr_jax.checkpoints import encoder as encoders
 from simclr_jax.checkpoints import pretrained
 from simclr_jax.checkpoints import teacher as teachers
 from simclr_jax.cpu import ops
-from simclr_jax.data import sources
 from simclr_jax.data import supervised
 from simclr_jax.evaluators import feature_store
 from simclr_jax.evaluators import representations
@@ -175,13 +174,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     if os.path.abspath(workdir) == os.path.abspath(other):
       raise validation.ConfigError(f'--workdir must differ from {other} (the teacher\'s or the '
                                    'student initialisation\'s checkpoints would be mixed in).')
-  validation.validate(config, jax.device_count(), jax.process_count())
-  info = sources.get_info(config)
-  data_check.check_same_files(config)
-  checkpointing.check_workdir_writable(workdir)
-  cluster.check_shared_workdir(workdir)
-  checkpointing.check_resume_config(workdir, config, allow_config_change)
-  mesh = sharding.make_mesh()
+  info, mesh = linear_eval.prepare_job(config, workdir, allow_config_change)
   teacher = load_teacher(teacher, config, mesh)
   if teacher.num_classes != info.num_classes:
     raise validation.ConfigError(

@@ -235,6 +235,21 @@ def _on_images(config, info, mesh, model, variables) -> _Job:
               num_train=info.num_train if indices is None else len(indices), evaluate=evaluate)
 
 
+def prepare_job(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool):
+  """(data info, mesh) after the checks every supervised job (linear_eval, finetune, distill)
+  makes before compiling anything, on every host: the config against the devices, the data and
+  the same files everywhere, then the workdir."""
+  validation.validate(config, jax.device_count(), jax.process_count())
+  info = sources.get_info(config)
+  data_check.check_same_files(config)
+  # Whether every host can write and see the workdir comes first: a host that sees another
+  # directory would otherwise take other decisions about what it holds.
+  checkpointing.check_workdir_writable(workdir)
+  cluster.check_shared_workdir(workdir)
+  checkpointing.check_resume_config(workdir, config, allow_config_change)
+  return info, sharding.make_mesh()
+
+
 def run(config: ml_collections.ConfigDict, workdir: str,
         allow_config_change: bool = False) -> dict[str, Any]:
   """Linear evaluation or fine-tuning (config.mode) from config.init_checkpoint; returns the
@@ -247,15 +262,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     raise validation.ConfigError('--workdir must differ from config.init_checkpoint (the '
                                  'pretraining checkpoints would be mixed with this job\'s).')
   config = pretrained.merged_config(config, pre.config)
-  validation.validate(config, jax.device_count(), jax.process_count())
-  info = sources.get_info(config)
-  data_check.check_same_files(config)
-  # Whether every host can write and see the workdir comes first: a host that sees another
-  # directory would otherwise take other decisions about what it holds.
-  checkpointing.check_workdir_writable(workdir)
-  cluster.check_shared_workdir(workdir)
-  checkpointing.check_resume_config(workdir, config, allow_config_change)
-  mesh = sharding.make_mesh()
+  info, mesh = prepare_job(config, workdir, allow_config_change)
   model = classifier.build_classifier(config, info.num_classes, ops=ops.model_ops(config))
   checkpointing.write_config(workdir, config)
   data_check.announce(config, workdir)
