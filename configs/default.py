@@ -60,6 +60,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.aug.impl = 'simclrv2'  # 'simclrv2' multiplicative brightness, 'simclrv1' additive.
   config.aug.use_blur = False  # Gaussian blur with p=0.5 (paper: ImageNet on, CIFAR off).
   config.aug.on_device = False  # Colour, grayscale and blur in the jitted step; host: crop + flip.
+  # The paper's other transforms (Figure 5, appendix A), each off by default (not in the SimCLR recipe).
+  config.aug.cutout = False  # Cut out one random square (paper appendix A).
+  config.aug.sobel = False  # Sobel edge magnitude (paper appendix A).
+  config.aug.noise = False  # Additive Gaussian noise (paper appendix A).
+  config.aug.rotate = False  # Rotation by a random multiple of 90 degrees (paper appendix A).
+  # Figure 5's setup: every enabled transform applies to view 1 only; view 2 is the image resized.
+  config.aug.asymmetric = False
 
   # ---- model: encoder f and heads (official flags of the same names) ----
   config.model = ml_collections.ConfigDict()
@@ -81,8 +88,11 @@ def get_config() -> ml_collections.ConfigDict:
   # gradients, ~1/3 more compute, far less memory (`python -m simclr_jax.plan --max_batch`).
   config.model.remat = False
 
-  # ---- loss: NT-Xent ----
+  # ---- loss: NT-Xent (paper), or Table 4's alternatives ----
   config.loss = ml_collections.ConfigDict()
+  config.loss.type = 'nt_xent'  # 'nt_xent' (paper) | 'nt_logistic' | 'margin_triplet' (paper Table 4).
+  config.loss.margin = 0.4  # margin_triplet: margin m (paper appendix B.9 tunes {0, 0.4, 0.8, 1.6}).
+  config.loss.semi_hard = False  # nt_logistic/margin_triplet: semi-hard negative mining (Table 4).
   config.loss.temperature = 0.5  # tau (paper ImageNet 0.1; CIFAR 0.5).
   config.loss.hidden_norm = True  # L2-normalise projections before the dot product (paper: on).
 
