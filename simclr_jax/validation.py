@@ -10,6 +10,7 @@ from simclr_jax import optim
 from simclr_jax.models import heads
 from simclr_jax.models import resnet
 from simclr_jax.data import augment
+from simclr_jax.data import extra_augment
 
 
 class ConfigError(ValueError):
@@ -88,6 +89,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
          a.color_jitter_strength, '[0, 1.25] (saturation factor 1 - 0.8 s must stay >= 0)')
   _check(a.impl in augment.IMPLS, 'aug.impl', a.impl, str(augment.IMPLS))
   _check(isinstance(a.on_device, bool), 'aug.on_device', a.on_device, 'True or False')
+  for key in extra_augment.NAMES + ('asymmetric',):
+    _check(isinstance(a.get(key, False), bool), f'aug.{key}', a.get(key), 'True or False')
+  for key in extra_augment.NAMES:
+    _check(key in extra_augment.ON_DEVICE or not (a.on_device and a.get(key, False)), f'aug.{key}',
+           a.get(key), 'False while aug.on_device=True (it runs after the colour ops, which are '
+           'then on device; only aug.rotate, a host op, combines with on_device)')
   for key, value in (('train.batch_size', t.batch_size), ('eval.batch_size', e.batch_size)):
     _check(value > 0 and value % num_devices == 0 and value % process_count == 0, key, value,
            f'a positive multiple of the {num_devices} devices and {process_count} process(es), '

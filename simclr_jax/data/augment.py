@@ -15,11 +15,16 @@ a JPEG's header shape, and only the window holding both views' crops is decoded,
 config.aug.on_device the host stops after crop + flip and simclr_jax/data/device_augment.py applies
 the colour distortion and blur in the train step, with the same distributions.
 
+The paper's ablation-only ops (rotation, Sobel, Gaussian noise, cutout; `extra`) and the one-branch
+mode (`asymmetric`) are in simclr_jax/data/extra_augment.py, with their order and settings.
+
 Deviation, on purpose: the official code blurs on device with ONE sigma per batch and view; here
 each image draws its own sigma (same marginal distribution, independent across images).
 """
 
 import tensorflow as tf
+
+from simclr_jax.data import extra_augment
 
 CROP_PROPORTION = 0.875  # Eval centre crop (official).
 IMPLS = ('simclrv1', 'simclrv2')
@@ -191,21 +196,34 @@ def random_blur(image, height, seed, p=0.5):
                        s_apply)
 
 
-def _finish_view(image, height, width, seeds, color_jitter_strength, use_blur, flip, impl):
-  """The ops after crop + resize: flip, colour distortion, blur, clip (seeds: _split(seed, 4))."""
+def _finish_view(image, height, width, seeds, color_jitter_strength, use_blur, flip, impl,
+                 extra=(), seed=None):
+  """The ops after crop + resize: flip, [rotate], colour distortion, [Sobel], blur, [noise],
+  [cutout], clip (seeds: _split(seed, 4); the bracketed ops if named in `extra`, with seeds from
+  extra_augment.op_seeds(seed), the view's seed)."""
   _, s_flip, s_color, s_blur = seeds
+  x = extra_augment.op_seeds(extra, height, width, seed)
   if flip:
     image = random_flip(image, s_flip)
+  if 'rotate' in extra:
+    image = extra_augment.random_rotate(image, x['rotate'])
   if color_jitter_strength > 0:
     image = color_distortion(image, color_jitter_strength, s_color, impl)
+  if 'sobel' in extra:
+    image = extra_augment.sobel(image)
   if use_blur:
     image = random_blur(image, height, s_blur)
+  if 'noise' in extra:
+    image = extra_augment.gaussian_noise(image, x['noise'])
+  if 'cutout' in extra:
+    image = extra_augment.cutout(image, x['cutout'])
   image = tf.reshape(image, [height, width, 3])
   return tf.clip_by_value(image, 0.0, 1.0)
 
 
 def preprocess_for_train(image, height, width, *, color_jitter_strength=1.0, use_blur=True,
-                         crop=True, flip=True, impl='simclrv2', area_min=0.08, seed=None):
+                         crop=True, flip=True, impl='simclrv2', area_min=0.08, seed=None,
+                         extra=()):
   """One training view. image: [h, w, 3] uint8 or float, or encoded image bytes (a scalar
   tf.string: with `crop`, only the crop window of a JPEG is decoded, see decode_random_crop);
   returns float32 [height, width, 3] in [0, 1].
@@ -214,6 +232,7 @@ def preprocess_for_train(image, height, width, *, color_jitter_strength=1.0, use
   generator (convenient interactively, not reproducible; the pipelines always pass seeds).
   `color_jitter_strength=0, use_blur=False` is the crop + flip the host ships when colour and blur
   run on the accelerator (config.aug.on_device; simclr_jax/data/device_augment.py).
+  `extra`: names of extra_augment ops to apply too (extra_augment.NAMES; default none).
   """
   if seed is None:
     seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
@@ -230,31 +249,40 @@ def preprocess_for_train(image, height, width, *, color_jitter_strength=1.0, use
     image = resize(to_float(tf.slice(image, begin, size)), height, width)
   else:
     image = resize(to_float(image), height, width)
-  return _finish_view(image, height, width, seeds, color_jitter_strength, use_blur, flip, impl)
+  return _finish_view(image, height, width, seeds, color_jitter_strength, use_blur, flip, impl,
+                      extra, seed)
 
 
 def preprocess_views_for_train(image, height, width, seeds, *, color_jitter_strength=1.0,
                                use_blur=True, crop=True, flip=True, impl='simclrv2',
-                               area_min=0.08, jpeg_union=True):
+                               area_min=0.08, jpeg_union=True, extra=(), asymmetric=False):
   """[preprocess_for_train(image, seed=s, ...) for s in seeds], decoding encoded bytes once.
 
   Pixels give exactly those views (and encoded bytes without `crop`, decoded once). Encoded bytes with `crop`
   are decoded once for all views (decode_random_crops: a JPEG only in the window that holds every
   view's crop if `jpeg_union`, else each view decodes its own window): the same crop windows, and
   the same pixels up to the 4:2:0 chroma edge effect decode_random_crop describes.
+  `asymmetric` (paper Figure 5): the first view gets every transform, the others are the identity,
+  the whole image resized (encoded bytes are then decoded whole, once).
   """
-  kw = dict(color_jitter_strength=color_jitter_strength, use_blur=use_blur, flip=flip, impl=impl)
+  kw = dict(color_jitter_strength=color_jitter_strength, use_blur=use_blur, flip=flip, impl=impl,
+            extra=extra)
   image = tf.convert_to_tensor(image)
-  if image.dtype == tf.string and not crop:
+  if image.dtype == tf.string and (asymmetric or not crop):
     image = decode_image(image)
+  if asymmetric:
+    ident = dict(color_jitter_strength=0.0, use_blur=False, crop=False, flip=False, impl=impl)
+    return ([preprocess_for_train(image, height, width, seed=seeds[0], crop=crop,
+                                  area_min=area_min, **kw)]
+            + [preprocess_for_train(image, height, width, seed=s, **ident) for s in seeds[1:]])
   if image.dtype != tf.string:
     return [preprocess_for_train(image, height, width, seed=s, crop=crop, area_min=area_min, **kw)
             for s in seeds]
   split = [_split(s, 4) for s in seeds]
   crops = decode_random_crops(image, height, width, [x[0] for x in split], area_min,
                               union=jpeg_union)
-  return [_finish_view(resize(to_float(c), height, width), height, width, x, **kw)
-          for c, x in zip(crops, split)]
+  return [_finish_view(resize(to_float(c), height, width), height, width, x, seed=s, **kw)
+          for c, x, s in zip(crops, split, seeds)]
 
 
 def center_crop(image, height, width, crop_proportion=CROP_PROPORTION):

@@ -13,6 +13,9 @@ applied next on the host, with the same distributions:
 - Gaussian blur with p=0.5 (if config.aug.use_blur): sigma U[0.1, 2.0] per view, separable,
   blur_kernel_size(image_size) taps, zero padding ('SAME');
 - a final clip to [0, 1].
+With config.aug.asymmetric (paper Figure 5) view 1 gets these ops and view 2 is returned as
+shipped (the host's plain resize). Of extra_augment's ops only rotation (on the host) combines
+with on_device; validation rejects Sobel, noise and cutout with it.
 
 The same distributions, not the same draws: TF and JAX random bits differ, so a run with
 on_device=True sees other (equally distributed) views than one without. The host rounds the
@@ -243,5 +246,9 @@ def augment_batch(views: jax.Array, step, config: Any) -> jax.Array:
   """The train step's hook: `views` is the GLOBAL batch [B, 2, H, W, 3] of `step`, row i being
   global example i of that step. Returns float32 [B, 2, H, W, 3] in [0, 1]."""
   a = config.aug
-  return augment_views(views, step_key(config.seed, step), strength=a.color_jitter_strength,
-                       impl=a.impl, use_blur=a.use_blur)
+  out = augment_views(views, step_key(config.seed, step), strength=a.color_jitter_strength,
+                      impl=a.impl, use_blur=a.use_blur)
+  if a.get('asymmetric', False):  # Paper Figure 5: view 2 stays the host's plain resize.
+    ident = views[:, 1].astype(jnp.float32)
+    out = out.at[:, 1].set(ident / 255.0 if views.dtype == jnp.uint8 else ident)
+  return out

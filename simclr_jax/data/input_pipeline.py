@@ -30,6 +30,7 @@ import tensorflow as tf
 from simclr_jax.data import augment
 from simclr_jax.data import embedded
 from simclr_jax.data import errors
+from simclr_jax.data import extra_augment
 from simclr_jax.data import folder
 from simclr_jax.data import sources
 from simclr_jax.data import streams
@@ -59,14 +60,19 @@ def make_views_fn(config: ml_collections.ConfigDict, stream_id: int = 0,
   `dtype` uint8 (what the pipeline ships: round(x * 255)) or float32 (the augmentation's own
   [0, 1] output; for the benchmark). With config.aug.on_device the views are crop + flip only;
   colour distortion and blur then run in the train step (simclr_jax/data/device_augment.py).
+  config.aug.rotate / sobel / noise / cutout add the ops of simclr_jax/data/extra_augment.py (with
+  on_device only rotate, a host op); config.aug.asymmetric makes view 2 the image only resized.
   """
   if jpeg_decode not in JPEG_DECODES:
     raise ValueError(f'jpeg_decode={jpeg_decode!r}; allowed: {JPEG_DECODES}.')
   a, size, seed = config.aug, config.data.image_size, config.seed
   on_device = bool(a.get('on_device', False))
+  extra = tuple(n for n, on in extra_augment.switches(a).items() if on)
+  if on_device and set(extra) - set(extra_augment.ON_DEVICE):
+    raise ValueError(extra_augment.ON_DEVICE_ERROR)
   kw = dict(color_jitter_strength=0.0 if on_device else a.color_jitter_strength,
             use_blur=a.use_blur and not on_device, crop=a.crop, flip=a.flip, impl=a.impl,
-            area_min=a.crop_area_min)
+            area_min=a.crop_area_min, extra=extra, asymmetric=bool(a.get('asymmetric', False)))
 
   def views_fn(t, image):
     base = tf.stack([tf.constant(seed * _AUG_SALT + stream_id, tf.int64),
