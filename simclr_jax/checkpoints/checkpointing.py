@@ -178,7 +178,10 @@ def flat(config: dict) -> dict:
 ADDED_KEYS = {'aug.on_device': False, 'model.conv_impl': 'xla', 'train.profile_steps': 0,
               'data.max_corrupt_fraction': 0.001, 'model.remat': False,
               'distill.teacher_checkpoint': None, 'distill.temperature': 1.0,
-              'distill.alpha': 0.0, 'distill.tau_squared': False}
+              'distill.alpha': 0.0, 'distill.tau_squared': False,
+              'loss.type': 'nt_xent', 'loss.margin': 0.4, 'loss.semi_hard': False,
+              'aug.cutout': False, 'aug.sobel': False, 'aug.noise': False, 'aug.rotate': False,
+              'aug.asymmetric': False}
 
 
 def config_changes(old: dict, new: dict) -> tuple[list, list]:
