@@ -135,7 +135,7 @@ def skip_undecodable(stream: tf.data.Dataset, fn, first: int) -> tf.data.Dataset
 def in_memory(config: ml_collections.ConfigDict) -> bool:
   """Whether training reads the split from host memory (global order) or from files. A
   `folder:DIR` split is always in memory (data/folder.py; prepare it for file-backed reading)."""
-  return (config.data.dataset == embedded.NAME or folder.is_folder(config.data.dataset)
+  return (embedded.is_embedded(config.data.dataset) or folder.is_folder(config.data.dataset)
           or bool(config.data.cache))
 
 

@@ -1,6 +1,6 @@
-"""Where examples come from: the embedded set, a folder of images (data/folder.py) or a TFDS
-builder (a `python -m simclr_jax.prepare` output is one), split sizes and labels, and
-each process's contiguous share of a split read in stored order.
+"""Where examples come from: an in-package set (data/embedded.py's registry), a folder of images
+(data/folder.py) or a TFDS builder (a `python -m simclr_jax.prepare` output is one), split sizes
+and labels, and each process's contiguous share of a split read in stored order.
 
 Everything here is host-side and process-explicit (process_index / process_count are
 arguments, never read from JAX). Stored order matters: kNN-bank indices, label fractions and
@@ -58,8 +58,9 @@ def tfds_builder(config: ml_collections.ConfigDict):
   try:
     builder = tfds.builder(d.dataset, data_dir=d.data_dir)
   except Exception as e:  # tfds raises DatasetNotFoundError with a long list.
-    raise DataConfigError(f'config.data.dataset={d.dataset!r} is neither {embedded.NAME!r} nor '
-                          f'a TFDS builder: {str(e).splitlines()[0]}') from e
+    raise DataConfigError(f'config.data.dataset={d.dataset!r} is neither one of '
+                          f'{sorted(embedded.SETS)} nor a TFDS builder: '
+                          f'{str(e).splitlines()[0]}') from e
   if not builder.is_prepared():
     if d.download:
       builder.download_and_prepare()
@@ -83,14 +84,15 @@ def get_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   """Sizes and class count, checked before any compilation. Raises with what to do if missing."""
   d = config.data
   keys = ('train_split', 'eval_split') + (('probe_train_split',) if d.probe_train_split else ())
-  if d.dataset == embedded.NAME:
+  if embedded.is_embedded(d.dataset):
+    data_set = embedded.get(d.dataset)
     for key in keys:
-      if d[key] not in embedded.SPLITS:
+      if d[key] not in data_set.SPLITS:
         raise DataConfigError(f'config.data.{key}={d[key]!r} is not a split of {d.dataset}; '
-                              f'allowed: {sorted(embedded.SPLITS)}.')
-    sizes = {s: len(embedded.load(s)[1])
+                              f'allowed: {sorted(data_set.SPLITS)}.')
+    sizes = {s: len(data_set.load(s)[1])
              for s in (d.train_split, d.eval_split, probe_split(config))}
-    info = DatasetInfo(d.dataset, sizes[d.train_split], sizes[d.eval_split], embedded.NUM_CLASSES,
+    info = DatasetInfo(d.dataset, sizes[d.train_split], sizes[d.eval_split], data_set.NUM_CLASSES,
                        sizes[probe_split(config)])
     _check_head_labels(config, info.num_classes)
     return info
@@ -151,7 +153,7 @@ def split_labels(config: ml_collections.ConfigDict, split: str, *, process_index
   split (the same on every process; process_index/count ignored).
   """
   d = config.data
-  if d.dataset == embedded.NAME or folder.is_folder(d.dataset):
+  if embedded.is_embedded(d.dataset) or folder.is_folder(d.dataset):
     labels = load_split(config, split)['label']
     if limit is not None:
       return labels[:limit]
@@ -199,7 +201,7 @@ def source(config: ml_collections.ConfigDict, split: str, process_index: int = 0
 
 
 def split_size(config: ml_collections.ConfigDict, split: str) -> int:
-  if config.data.dataset == embedded.NAME or folder.is_folder(config.data.dataset):
+  if embedded.is_embedded(config.data.dataset) or folder.is_folder(config.data.dataset):
     return len(load_split(config, split)['label'])
   builder = tfds_builder(config)
   check_split(config, builder, split)
@@ -209,8 +211,8 @@ def split_size(config: ml_collections.ConfigDict, split: str) -> int:
 def read_range(config: ml_collections.ConfigDict, split: str, lo: int, hi: int
                 ) -> tf.data.Dataset:
   """Examples [lo, hi) of `split` in stored order: {'image': uint8 [h,w,3], 'label': int32}."""
-  if config.data.dataset == embedded.NAME:
-    images, labels = embedded.load(split)
+  if embedded.is_embedded(config.data.dataset):
+    images, labels = embedded.get(config.data.dataset).load(split)
     return tf.data.Dataset.from_tensor_slices({'image': images[lo:hi], 'label': labels[lo:hi]})
   if folder.is_folder(config.data.dataset):
     ex = load_split(config, split)
@@ -259,8 +261,8 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> dict:
   """The whole split in host memory, stored order: {'image': uint8 [n,h,w,3] (embedded) or
   encoded bytes (object [n], TFDS: decoded per use), 'label': int32 [n]}. Cached per process."""
   d = config.data
-  if d.dataset == embedded.NAME:
-    images, labels = embedded.load(split)
+  if embedded.is_embedded(d.dataset):
+    images, labels = embedded.get(d.dataset).load(split)
     return {'image': images, 'label': labels}
   if folder.is_folder(d.dataset):
     s = _folder_split(config, split)

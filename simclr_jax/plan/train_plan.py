@@ -71,8 +71,7 @@ KNOWN_DATASETS = {
     'stl10': (10, {'train': 5_000, 'test': 8_000, 'unlabelled': 100_000}),
     'imagenet2012_subset/1pct': (1000, {'train': 12_811, 'validation': 50_000}),
     'imagenet2012_subset/10pct': (1000, {'train': 128_116, 'validation': 50_000}),
-    embedded.NAME: (embedded.NUM_CLASSES,
-                    {'train': embedded.TRAIN_PER_CLASS * embedded.NUM_CLASSES, 'test': 1_000}),
+    **{name: (m.NUM_CLASSES, dict(m.SPLIT_SIZES)) for name, m in embedded.SETS.items()},
 }
 
 
