@@ -16,6 +16,7 @@ import ml_collections
 import optax
 
 from simclr_jax.data import device_augment
+from simclr_jax import contrastive_losses
 from simclr_jax import losses
 from simclr_jax import optim
 from simclr_jax import sharding
@@ -50,8 +51,7 @@ def loss_and_grads(params, state: TrainState, batch: dict[str, jax.Array], *,
         {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
         mutable=['batch_stats'])
     z = outputs['projection'].reshape(b, 2, -1)
-    con_loss, metrics = losses.nt_xent(z[:, 0], z[:, 1], config.loss.temperature,
-                                       config.loss.hidden_norm, mesh=mesh)
+    con_loss, metrics = contrastive_losses.contrastive(z[:, 0], z[:, 1], config.loss, mesh=mesh)
     l2 = optim.weight_decay_loss(params, config.optim.optimizer, config.optim.weight_decay)
     total = con_loss + l2
     metrics = dict(metrics, contrast_loss=con_loss, weight_decay=l2)

@@ -6,6 +6,7 @@ compiled pod job. Checks that need the devices (batch divisibility) take the dev
 
 import ml_collections
 
+from simclr_jax import contrastive_losses
 from simclr_jax import optim
 from simclr_jax.models import heads
 from simclr_jax.models import resnet
@@ -45,6 +46,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
   _check(m.get('remat', False) in (True, False), 'model.remat', m.get('remat'), 'True or False')
   _check(0 <= m.batch_norm_decay < 1, 'model.batch_norm_decay', m.batch_norm_decay, '[0, 1)')
   _check(l.temperature > 0, 'loss.temperature', l.temperature, 'a positive number (paper 0.1-0.5)')
+  _check(l.get('type', 'nt_xent') in contrastive_losses.LOSS_TYPES, 'loss.type', l.get('type'),
+         str(contrastive_losses.LOSS_TYPES))
+  _check(l.get('margin', 0.4) >= 0, 'loss.margin', l.get('margin'),
+         'a number >= 0 (paper appendix B.10 tunes 0, 0.4, 0.8, 1.6)')
+  _check(l.get('semi_hard', False) in (True, False), 'loss.semi_hard', l.get('semi_hard'),
+         'True or False')
+  _check(not (l.get('semi_hard', False) and l.get('type', 'nt_xent') == 'nt_xent'),
+         'loss.semi_hard', l.get('semi_hard'),
+         "False with loss.type='nt_xent' (semi-hard mining applies to nt_logistic/margin_triplet "
+         'only)')
   _check(o.optimizer in optim.OPTIMIZERS, 'optim.optimizer', o.optimizer, str(optim.OPTIMIZERS))
   _check(o.learning_rate_scaling in optim.LR_SCALINGS, 'optim.learning_rate_scaling',
          o.learning_rate_scaling, str(optim.LR_SCALINGS))

@@ -14,11 +14,15 @@ differences in float64, so the JAX gradients are compared with a reference that 
 Nothing here calls the library to produce an expected value.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
+from simclr_jax import contrastive_losses
 from simclr_jax import losses
 from simclr_jax import sharding
 
@@ -268,3 +272,216 @@ def test_zero_vector_normalisation_is_finite():
   ref = ref_nt_xent(za, zb, 0.5)
   np.testing.assert_allclose(got[0], ref[0], rtol=2e-5)
   assert np.all(np.isfinite(got[3])) and np.all(np.isfinite(got[4]))
+
+
+# ----------------------------------------------------------------------------- NT-Logistic and
+# margin triplet (paper Table 2 / Table 4; simclr_jax/contrastive_losses.py). The reference below
+# loops over anchors and negatives in float64; its gradient is its own central differences.
+
+
+def _softplus(x):
+  return np.logaddexp(0.0, x)
+
+
+def ref_pair_loss(za, zb, kind, tau, margin=0.4, semi_hard=False, hidden_norm=True):
+  """Anchor u = each of the 2N views; positive = its pair's other view; negatives = the 2N-2 other
+  views. Per anchor: the Table 2 triplet objective averaged over all negatives, or over the one
+  semi-hard negative (highest similarity below the positive's; if none, the lowest-similarity
+  negative). loss = (sum over the 2N anchors) / N."""
+  za = np.asarray(za, np.float64)
+  zb = np.asarray(zb, np.float64)
+  if hidden_norm:
+    za, zb = _normalize(za)[0], _normalize(zb)[0]
+  n = za.shape[0]
+  total = 0.0
+  for own, other in ((za, zb), (zb, za)):
+    for i in range(n):
+      s_pos = float(own[i] @ other[i])
+      negs = [float(own[i] @ other[j]) for j in range(n) if j != i]
+      negs += [float(own[i] @ own[j]) for j in range(n) if j != i]
+      if semi_hard and negs:
+        below = [s for s in negs if s < s_pos]
+        negs = [max(below)] if below else [min(negs)]
+      if kind == 'nt_logistic':
+        term = _softplus(-s_pos / tau)  # -log sigmoid(x) = softplus(-x)
+        if negs:
+          term += np.mean([_softplus(s / tau) for s in negs])
+      else:
+        term = np.mean([max(s - s_pos + margin, 0.0) for s in negs]) if negs else 0.0
+      total += term
+  return total / n
+
+
+def _pair_loss_and_grads(za, zb, kind, tau, margin, semi_hard, hidden_norm, mesh=None):
+  def f(a, b):
+    return contrastive_losses.pair_loss(a, b, kind, tau, margin, semi_hard, hidden_norm, mesh=mesh)
+  (loss, m), (ga, gb) = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(za, zb)
+  return (float(loss), float(m['contrast_acc']), float(m['contrast_entropy']), np.asarray(ga),
+          np.asarray(gb))
+
+
+VARIANTS = [(k, s) for k in ('nt_logistic', 'margin_triplet') for s in (False, True)]
+
+
+@pytest.mark.parametrize('hidden_norm', [True, False])
+def test_pair_losses_match_loop_reference(hidden_norm):
+  """Both losses, with and without semi_hard (one compile for the four): value and metrics vs
+  the loop reference, gradients vs its float64 central differences."""
+  za, zb = _inputs(6, 5, seed=11, scale=1.0 if hidden_norm else 0.5)
+  tau, margin = 0.5, 0.4
+
+  def all_variants(a, b):
+    return [jax.value_and_grad(lambda x, y, k=k, s=s: contrastive_losses.pair_loss(
+        x, y, k, tau, margin, s, hidden_norm), argnums=(0, 1), has_aux=True)(a, b)
+            for k, s in VARIANTS]
+
+  results = jax.jit(all_variants)(za, zb)
+  _, acc, ent, _, _ = ref_nt_xent(za, zb, tau, hidden_norm)
+  z64a, z64b = za.astype(np.float64), zb.astype(np.float64)
+  for (kind, semi_hard), ((loss, m), (ga, gb)) in zip(VARIANTS, results):
+    args = (kind, tau, margin, semi_hard, hidden_norm)
+    ref = ref_pair_loss(za, zb, *args)
+    np.testing.assert_allclose(float(loss), ref, rtol=2e-5, atol=1e-6, err_msg=str(args))
+    # Metrics: NT-Xent's definitions, whatever the loss.
+    assert float(m['contrast_acc']) == pytest.approx(acc, abs=1e-7)
+    np.testing.assert_allclose(float(m['contrast_entropy']), ent, rtol=2e-5)
+    fd_a = _fd_grad(lambda x, args=args: ref_pair_loss(x, z64b, *args), z64a)
+    fd_b = _fd_grad(lambda x, args=args: ref_pair_loss(z64a, x, *args), z64b)
+    assert np.abs(fd_a).max() > 1e-3  # Not a vacuous comparison.
+    np.testing.assert_allclose(ga, fd_a, rtol=1e-4, atol=1e-5 * np.abs(fd_a).max(),
+                               err_msg=str(args))
+    np.testing.assert_allclose(gb, fd_b, rtol=1e-4, atol=1e-5 * np.abs(fd_b).max(),
+                               err_msg=str(args))
+    if semi_hard:  # Mining changes the value (else the mask would be a no-op).
+      assert abs(ref - ref_pair_loss(za, zb, kind, tau, margin, False, hidden_norm)) > 1e-3
+
+
+def test_pair_losses_hand_computed_two_pairs():
+  """The NT-Xent hand case's inputs: u = [[1, 0], [0, 1]], v = [[0.6, 0.8], [0.8, -0.6]].
+  Similarities (positive; negatives):  a0: 0.6; v1 0.8, u1 0     a1: -0.6; v0 0.8, u0 0
+                                       b0: 0.6; u1 0.8, v1 0     b1: -0.6; u0 0.8, v0 0
+  margin_triplet, m = 0.4: a0 = mean(max(0.8-0.6+0.4, 0), max(0-0.6+0.4, 0)) = mean(0.6, 0) = 0.3;
+      a1 = mean(1.8, 1.0) = 1.4; b0 = 0.3, b1 = 1.4; loss = 3.4 / 2 = 1.7.
+    semi-hard: a0 picks 0 (the only negative below 0.6) -> 0; a1 has none below -0.6, falls
+      back to the lowest, 0 -> max(0+0.6+0.4, 0) = 1.0; loss = (0 + 1 + 0 + 1) / 2 = 1.0.
+  nt_logistic, tau = 0.5 (sp = softplus = -log sigmoid(-x)): a0 = sp(-1.2) + mean(sp(1.6), sp(0))
+      = 0.263282 + (1.783901 + 0.693147) / 2 = 1.501806; a1 = sp(1.2) + 1.238524 = 2.701806;
+      loss = 2 (1.501806 + 2.701806) / 2 = 4.203613.
+    semi-hard: a0 -> sp(-1.2) + sp(0) = 0.956430, a1 -> sp(1.2) + sp(0) = 2.156430;
+      loss = 3.112859.
+  Metrics are NT-Xent's: contrast_acc 0, contrast_entropy 0.446540 (see the NT-Xent hand case).
+  """
+  za = jnp.array([[2.0, 0.0], [0.0, 0.5]])
+  zb = jnp.array([[3.0, 4.0], [8.0, -6.0]])
+  want = {('nt_logistic', False): 4.203613, ('nt_logistic', True): 3.112859,
+          ('margin_triplet', False): 1.7, ('margin_triplet', True): 1.0}
+  got = jax.jit(lambda a, b: [contrastive_losses.pair_loss(a, b, k, 0.5, 0.4, s, True)
+                              for k, s in VARIANTS])(za, zb)
+  for (kind, semi_hard), (loss, m) in zip(VARIANTS, got):
+    assert float(loss) == pytest.approx(want[kind, semi_hard], abs=2e-6), (kind, semi_hard)
+    assert float(m['contrast_acc']) == 0.0
+    assert float(m['contrast_entropy']) == pytest.approx(0.446540, abs=2e-6)
+
+
+def test_pair_losses_sharded_equals_unsharded():
+  """8 devices (own rows, all-gathered negatives, grads back through the gather) == 1 device ==
+  the loop reference on the global batch; a device-local batch would give another value. Two
+  variants cover both losses, semi_hard on/off and hidden_norm on/off (one compile per layout)."""
+  mesh = sharding.make_mesh()
+  assert mesh.size == 8
+  n, tau, margin = 16, 0.2, 0.4
+  variants = [('nt_logistic', False, False), ('margin_triplet', True, True)]
+  za, zb = _inputs(n, 12, seed=21, scale=0.6)
+
+  def run(a, b, mesh):
+    def one(x, y, kind, semi_hard, hidden_norm):
+      return contrastive_losses.pair_loss(x, y, kind, tau, margin, semi_hard, hidden_norm,
+                                          mesh=mesh)
+    return [jax.value_and_grad(one, argnums=(0, 1), has_aux=True)(a, b, *v) for v in variants]
+
+  sa = jax.device_put(za, sharding.batch_sharded(mesh))
+  sb = jax.device_put(zb, sharding.batch_sharded(mesh))
+  sharded = jax.jit(functools.partial(run, mesh=mesh))(sa, sb)
+  whole = jax.jit(functools.partial(run, mesh=None))(za, zb)
+  for v, ((ls, ms), gs), ((lw, mw), gw) in zip(variants, sharded, whole):
+    args = (v[0], tau, margin, v[1], v[2])
+    ref = ref_pair_loss(za, zb, *args)
+    np.testing.assert_allclose(float(ls), ref, rtol=2e-5, err_msg=str(v))
+    np.testing.assert_allclose(float(ls), float(lw), rtol=1e-6, err_msg=str(v))
+    assert float(ms['contrast_acc']) == float(mw['contrast_acc'])
+    np.testing.assert_allclose(float(ms['contrast_entropy']), float(mw['contrast_entropy']),
+                               rtol=1e-6)
+    for s, w in zip(gs, gw):
+      w = np.asarray(w)
+      assert np.abs(w).max() > 0
+      np.testing.assert_allclose(np.asarray(s), w, rtol=1e-5, atol=1e-6 * np.abs(w).max(),
+                                 err_msg=str(v))
+    local = np.mean([ref_pair_loss(za[i:i + 2], zb[i:i + 2], *args) for i in range(0, n, 2)])
+    assert abs(local - ref) > 1e-2, v
+
+
+def test_dispatcher_nt_xent_is_losses_nt_xent():
+  """loss.type='nt_xent' traces to exactly the program losses.nt_xent gives (value and grads),
+  so the default path is bitwise unchanged; other types go to pair_loss."""
+  za, zb = _inputs(8, 6, seed=31)
+  cfg = ml_collections.ConfigDict({'type': 'nt_xent', 'temperature': 0.3, 'hidden_norm': True,
+                                   'margin': 0.4, 'semi_hard': False})
+  f = jax.value_and_grad(lambda a, b: contrastive_losses.contrastive(a, b, cfg)[0], (0, 1))
+  g = jax.value_and_grad(lambda a, b: losses.nt_xent(a, b, 0.3, True)[0], (0, 1))
+  assert str(jax.make_jaxpr(f)(za, zb)) == str(jax.make_jaxpr(g)(za, zb))
+  cfg.type = 'margin_triplet'
+  h = lambda a, b: contrastive_losses.pair_loss(a, b, 'margin_triplet', 0.3, 0.4, False, True)[0]
+  assert (str(jax.make_jaxpr(lambda a, b: contrastive_losses.contrastive(a, b, cfg)[0])(za, zb))
+          == str(jax.make_jaxpr(h)(za, zb)))
+
+
+@pytest.mark.parametrize('key,value,fragment', [
+    ('type', 'triplet', "('nt_xent', 'nt_logistic', 'margin_triplet')"),
+    ('margin', -0.1, '>= 0'),
+    ('semi_hard', None, 'True or False'),
+    ('semi_hard', True, 'nt_logistic/margin_triplet only'),
+])
+def test_loss_config_errors(key, value, fragment):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from simclr_jax import validation  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  with config.unlocked():
+    config.loss[key] = value
+  with pytest.raises(validation.ConfigError) as e:
+    validation.validate(config, num_devices=8)
+  assert f'config.loss.{key}={value!r}' in str(e.value) and fragment in str(e.value)
+  for kind in ('nt_logistic', 'margin_triplet'):  # semi_hard is fine with these.
+    ok = default.get_config()
+    ok.loss.type, ok.loss.semi_hard = kind, True
+    validation.validate(ok, num_devices=8)
+
+
+def test_train_step_runs_with_margin_triplet():
+  """steps.loss_and_grads dispatches on config.loss.type; same metric keys for every type."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from configs import test as test_config  # pylint: disable=g-import-not-at-top
+  from simclr_jax import steps  # pylint: disable=g-import-not-at-top
+
+  class Toy(nn.Module):
+    @nn.compact
+    def __call__(self, images, train=False):
+      h = nn.Dense(8)(images.reshape((images.shape[0], -1)))
+      return {'features': h, 'projection': nn.Dense(4)(h)}
+
+  views = np.random.default_rng(0).integers(0, 256, (8, 2, 4, 4, 3), dtype=np.uint8)
+  model = Toy()
+  params = jax.jit(model.init)(jax.random.key(0), np.zeros((2, 4, 4, 3), np.float32))['params']
+  state = steps.TrainState.create(apply_fn=model.apply, params=params, tx=optax.sgd(0.1),
+                                  batch_stats={})
+  config = test_config.get_config()
+  config.aug.on_device = False
+  config.loss.type, config.loss.semi_hard = 'margin_triplet', True
+  grads, metrics, _ = jax.jit(functools.partial(steps.loss_and_grads, config=config))(
+      state.params, state, {'views': views, 'label': np.zeros(8, np.int32)})
+  assert np.isfinite(float(metrics['contrast_loss'])) and float(metrics['contrast_loss']) > 0
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads))
+  # The keys an nt_xent step reports (progress lines and results keep their shape).
+  assert set(metrics) == {'contrast_acc', 'contrast_entropy', 'contrast_loss', 'weight_decay',
+                          'total_loss'}
