@@ -91,7 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
   # ---- loss: NT-Xent (paper), or Table 4's alternatives ----
   config.loss = ml_collections.ConfigDict()
   config.loss.type = 'nt_xent'  # 'nt_xent' (paper) | 'nt_logistic' | 'margin_triplet' (paper Table 4).
-  config.loss.margin = 0.4  # margin_triplet: margin m (paper appendix B.9 tunes {0, 0.4, 0.8, 1.6}).
+  config.loss.margin = 0.4  # margin_triplet: margin m (paper appendix B.10 tunes {0, 0.4, 0.8, 1.6}).
   config.loss.semi_hard = False  # nt_logistic/margin_triplet: semi-hard negative mining (Table 4).
   config.loss.temperature = 0.5  # tau (paper ImageNet 0.1; CIFAR 0.5).
   config.loss.hidden_norm = True  # L2-normalise projections before the dot product (paper: on).

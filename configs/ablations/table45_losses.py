@@ -2,7 +2,7 @@
 
 Table 4 (linear top-1 per loss): NT-Xent (tau 0.5, this repo's CIFAR-scale default), NT-Logistic
 (tau 0.2) and margin triplet (margin 0.4), the last two with and without semi-hard negative
-mining. The paper tunes each loss separately (appendix B.9: margin in {0, 0.4, 0.8, 1.6}, and
+mining. The paper tunes each loss separately (appendix B.10: margin in {0, 0.4, 0.8, 1.6}, and
 the temperature of NT-Logistic) without printing the chosen values in Table 4; tau 0.2 and
 margin 0.4 are our picks inside those grids, not reported numbers.
 Table 5 (NT-Xent): hidden_norm (l2 normalisation of z) True with tau 0.05, 0.1, 0.5, 1; False
