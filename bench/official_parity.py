@@ -13,8 +13,9 @@ process and checks the package before anything runs.
 Steps (a rerun reuses every finished step, so an interrupted run resumes):
 1. Data: the embedded digits (4,000 train / 1,000 test, RGB 28x28) written as PNG files and
    packed by `python -m simclr_jax.prepare` into OUT/data/parity_digits (a TFDS directory both
-   sides read by name). prepare writes no supervised keys, and run.py reads with
-   as_supervised=True, so the bench adds ('image', 'label') to that copy's dataset_info.json.
+   sides read by name). run.py reads with as_supervised=True; prepare declares ('image', 'label')
+   as supervised keys (the bench still adds them to its copy's dataset_info.json, for sets that
+   an older prepare wrote).
 2. Official: `python tf2/run.py --train_mode=pretrain ...` (flags from HPARAMS, see
    `official_flags`), one run per seed into OUT/official_<seed>; run.py has no seed flag, so its
    runs are unseeded repeats. --checkpoint_steps=1: a summary (and checkpoint) every step, for

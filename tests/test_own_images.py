@@ -104,6 +104,7 @@ def test_prepare_writes_a_tfds_set_that_tfds_and_training_read(images, prepared)
   assert summary['path'] == path and sorted(os.listdir(f'{out}/{NAME}')) == ['1.0.0']
   builder = tfds.builder_from_directory(path)
   assert builder.info.features['label'].names == list(own_images.CLASSES)
+  assert builder.info.supervised_keys == ('image', 'label')  # as_supervised readers (official run.py).
   splits = builder.info.splits
   assert {s: splits[s].num_examples for s in splits.keys()} == {
       'train': own_images.NUM_TRAIN, 'test': own_images.NUM_TEST,

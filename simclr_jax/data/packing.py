@@ -167,6 +167,9 @@ def _write_all(root, name, tmp, *, image_size, max_side, num_processes, num_shar
   tfds.folder_dataset.write_metadata(
       data_dir=tmp, features=features, split_infos=split_infos, version=VERSION,
       filename_template=template, check_data=False,
+      # (image, label) as TFDS builders declare them: as_supervised=True readers (the official
+      # run.py) need it.
+      supervised_keys=('image', 'label'),
       description=f'Images of {root}, packed by python -m simclr_jax.prepare.')
   return {'name': name, 'classes': list(classes), 'splits': splits}
 
