@@ -9,10 +9,12 @@ from simclr_jax.models import resnet
 CONV_IMPLS = ('auto', 'xla', 'matmul_grad')
 
 
-def resolve_conv_impl(config: ml_collections.ConfigDict) -> str:
+def resolve_conv_impl(config: ml_collections.ConfigDict, absent: str = 'xla') -> str:
   """'auto' -> 'matmul_grad' when this process computes on the CPU backend for a CPU run, else
-  'xla'. A compile-only plan for TPU/GPU (hardware.chip != 'cpu') keeps the accelerator program."""
-  impl = config.model.get('conv_impl', 'xla')  # Runs from before the key used XLA's.
+  'xla'. A compile-only plan for TPU/GPU (hardware.chip != 'cpu') keeps the accelerator program.
+  `absent`: the choice for a config without the key (runs from before it, converted official
+  checkpoints): 'xla' where a job resumes such a run, 'auto' where only speed depends on it."""
+  impl = config.model.get('conv_impl', absent)
   if impl not in CONV_IMPLS:
     raise ValueError(f'config.model.conv_impl={impl!r}; allowed: {list(CONV_IMPLS)}.')
   if impl != 'auto':
@@ -21,6 +23,7 @@ def resolve_conv_impl(config: ml_collections.ConfigDict) -> str:
   return 'matmul_grad' if jax.default_backend() == 'cpu' and chip == 'cpu' else 'xla'
 
 
-def model_ops(config: ml_collections.ConfigDict) -> resnet.Ops:
+def model_ops(config: ml_collections.ConfigDict, absent: str = 'xla') -> resnet.Ops:
   """The encoder's resnet.Ops for config.model.conv_impl: the CPU kernels or XLA's own."""
-  return kernels.CPU_OPS if resolve_conv_impl(config) == 'matmul_grad' else resnet.XLA_OPS
+  return (kernels.CPU_OPS if resolve_conv_impl(config, absent) == 'matmul_grad'
+          else resnet.XLA_OPS)
