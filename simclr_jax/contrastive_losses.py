@@ -64,18 +64,7 @@ def _anchor_losses(cross, same, idx, kind, temperature, margin, semi_hard):
 
 def _local(z_a, z_b, kind, temperature, margin, semi_hard, hidden_norm, axis_name):
   """This shard's rows (as losses._local_nt_xent): sums, reduced by the caller."""
-  z_a = z_a.astype(jnp.float32)
-  z_b = z_b.astype(jnp.float32)
-  if hidden_norm:
-    z_a, z_b = losses.l2_normalize(z_a), losses.l2_normalize(z_b)
-  n = z_a.shape[0]
-  if axis_name is None:
-    all_a, all_b, offset = z_a, z_b, 0
-  else:
-    all_a = jax.lax.all_gather(z_a, axis_name, tiled=True)
-    all_b = jax.lax.all_gather(z_b, axis_name, tiled=True)
-    offset = jax.lax.axis_index(axis_name) * n
-  idx = offset + jnp.arange(n)
+  z_a, z_b, all_a, all_b, idx = losses.local_views(z_a, z_b, hidden_norm, axis_name)
   hi = jax.lax.Precision.HIGHEST
   s_ab = jnp.matmul(z_a, all_b.T, precision=hi)
   s_aa = jnp.matmul(z_a, all_a.T, precision=hi)

@@ -28,8 +28,10 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
 
-def _local_nt_xent(z_a, z_b, temperature, hidden_norm, axis_name):
-  """Rows of the loss owned by this shard. Returns sums (not means) to be reduced by the caller."""
+def local_views(z_a, z_b, hidden_norm, axis_name):
+  """(z_a, z_b, all_a, all_b, idx) of this shard, in float32: its own rows (l2-normalised if
+  hidden_norm), every shard's rows gathered over `axis_name` (None: no mesh), and the global
+  index of each own row (the column of its positive). Shared by every contrastive loss."""
   z_a = z_a.astype(jnp.float32)
   z_b = z_b.astype(jnp.float32)
   if hidden_norm:
@@ -41,8 +43,13 @@ def _local_nt_xent(z_a, z_b, temperature, hidden_norm, axis_name):
     all_a = jax.lax.all_gather(z_a, axis_name, tiled=True)
     all_b = jax.lax.all_gather(z_b, axis_name, tiled=True)
     offset = jax.lax.axis_index(axis_name) * n
+  return z_a, z_b, all_a, all_b, offset + jnp.arange(n)
+
+
+def _local_nt_xent(z_a, z_b, temperature, hidden_norm, axis_name):
+  """Rows of the loss owned by this shard. Returns sums (not means) to be reduced by the caller."""
+  z_a, z_b, all_a, all_b, idx = local_views(z_a, z_b, hidden_norm, axis_name)
   big_n = all_a.shape[0]
-  idx = offset + jnp.arange(n)
   self_mask = jax.nn.one_hot(idx, big_n, dtype=jnp.float32) * LARGE_NUM
   hi = jax.lax.Precision.HIGHEST
   logits_aa = jnp.matmul(z_a, all_a.T, precision=hi) / temperature - self_mask
