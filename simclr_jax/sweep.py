@@ -33,15 +33,24 @@ from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-posit
 
 from simclr_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_CONFIG = flags.DEFINE_string('config', None, 'The study file, e.g. '
-                              'configs/ablations/fig5_augmentation_pairs.py.', required=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of the study: one workdir per run, '
-                               'logs/, results.csv, table.md, figure.png.', required=True)
-_ONLY = flags.DEFINE_list('only', None, 'Run only these runs (names); the CSV and figure still '
-                          'use every finished run.')
-_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Validate the study and list its runs; run none.')
-_COMPILE_CACHE = flags.DEFINE_bool('compile_cache', True, 'Share a JAX persistent compilation '
-                                   'cache, DIR/.jax_cache, between the runs.')
+_FLAGS = {}
+
+
+def define_flags() -> None:
+  """The CLI's flags, defined only when the module runs as the program: importing it (tests, a
+  notebook) defines none, so its --config cannot clash with another tool's."""
+  _FLAGS.update(
+      config=flags.DEFINE_string('config', None, 'The study file, e.g. '
+                                 'configs/ablations/fig5_augmentation_pairs.py.', required=True),
+      workdir=flags.DEFINE_string('workdir', None, 'Directory of the study: one workdir per run, '
+                                  'logs/, results.csv, table.md, figure.png.', required=True),
+      only=flags.DEFINE_list('only', None, 'Run only these runs (names); the CSV and figure '
+                             'still use every finished run.'),
+      dry_run=flags.DEFINE_bool('dry_run', False, 'Validate the study and list its runs; run '
+                                'none.'),
+      compile_cache=flags.DEFINE_bool('compile_cache', True, 'Share a JAX persistent '
+                                      'compilation cache, DIR/.jax_cache, between the runs.'))
+
 
 RESULTS_FILE = 'results.json'
 FIGURES = ('heatmap', 'table', 'bars')
@@ -258,19 +267,21 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
-    if _DRY_RUN.value:
-      _, runs, fig = load_study(_CONFIG.value)
+    config, workdir = _FLAGS['config'].value, _FLAGS['workdir'].value
+    if _FLAGS['dry_run'].value:
+      _, runs, fig = load_study(config)
       for k, (name, overrides) in enumerate(runs, 1):
-        print(f'[{k}/{len(runs)}] {name}: ' + ' '.join(command(_CONFIG.value, os.path.join(
-            _WORKDIR.value, name), overrides)[3:]))
+        print(f'[{k}/{len(runs)}] {name}: ' + ' '.join(command(config, os.path.join(
+            workdir, name), overrides)[3:]))
       print(f'{len(runs)} runs; figure: {fig["kind"]}.')
       return
-    status = run_study(_CONFIG.value, _WORKDIR.value, only=_ONLY.value,
-                       compile_cache=_COMPILE_CACHE.value)
+    status = run_study(config, workdir, only=_FLAGS['only'].value,
+                       compile_cache=_FLAGS['compile_cache'].value)
   except StudyError as e:
     cli.fail(str(e))
   sys.exit(status)
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)
